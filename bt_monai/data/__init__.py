@@ -1,0 +1,30 @@
+"""Data layer: slice readers, dataset discovery and the patient-level datalist."""
+
+from bt_monai.data.datalist import SPLITS, datalist_entry, make_datalist, split_patients, write_datalist
+from bt_monai.data.discovery import (
+    DatasetError,
+    SliceRecord,
+    discover_images,
+    discover_kaggle3m,
+    is_mask_file,
+    mask_has_tumor,
+)
+from bt_monai.data.readers import DicomSliceReader, NiftiSliceReader, TiffReader, slice_format
+
+__all__ = [
+    "SPLITS",
+    "DatasetError",
+    "DicomSliceReader",
+    "NiftiSliceReader",
+    "SliceRecord",
+    "TiffReader",
+    "datalist_entry",
+    "discover_images",
+    "discover_kaggle3m",
+    "is_mask_file",
+    "make_datalist",
+    "mask_has_tumor",
+    "slice_format",
+    "split_patients",
+    "write_datalist",
+]

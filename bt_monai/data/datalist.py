@@ -1,0 +1,121 @@
+"""Patient-level train/validation/test split, written as a MONAI-style JSON datalist.
+
+Entry keys: ``image`` (slice path), ``label`` (mask path: MONAI's key for a segmentation target),
+``tumor`` (0/1, the slice's detection target), ``patient_id``, ``slice_index``.
+The file also has a ``test`` list and a ``metadata`` block (seed, fractions, counts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bt_monai.data.discovery import DatasetError, SliceRecord, discover_kaggle3m
+
+__all__ = ["SPLITS", "split_patients", "make_datalist", "write_datalist", "datalist_entry"]
+
+SPLITS = ("training", "validation", "test")
+
+
+def datalist_entry(record: SliceRecord) -> dict:
+    """One datalist entry for a slice (see the module docstring for its keys)."""
+    return {
+        "image": record.image,
+        "label": record.mask,
+        "tumor": record.tumor,
+        "patient_id": record.patient_id,
+        "slice_index": record.slice_index,
+    }
+
+
+def split_patients(
+    records: Sequence[SliceRecord], val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> dict[str, list[str]]:
+    """Assign each patient to exactly one split, deterministically for a given ``seed``.
+
+    Stratified by tumor burden: patients are ranked by their fraction of tumor slices, shuffled (seeded)
+    within small blocks of similar burden, and dealt out along that ranking so that every split receives
+    its share of low- and high-burden patients. Every split gets at least one patient when its fraction is
+    non-zero and there are enough patients.
+    """
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(f"fractions must be in [0, 1) and sum below 1, got val={val_fraction} test={test_fraction}")
+    slices: dict[str, list[int]] = defaultdict(list)
+    for r in records:
+        slices[r.patient_id].append(r.tumor)
+    patients = sorted(slices, key=lambda p: (float(np.mean(slices[p])), p))
+    n = len(patients)
+    fractions = {"training": 1.0 - val_fraction - test_fraction, "validation": val_fraction, "test": test_fraction}
+    wanted = {s: int(round(f * n)) for s, f in fractions.items() if s != "training"}
+    for s in wanted:  # a requested split never ends up empty when there are patients to spare
+        if fractions[s] > 0 and wanted[s] == 0 and n >= 3:
+            wanted[s] = 1
+    wanted["training"] = n - sum(wanted.values())
+    if wanted["training"] < 1:
+        raise DatasetError(f"{n} patient(s) are too few to split into training/validation/test")
+
+    rng = np.random.default_rng(seed)
+    # Shuffle within blocks of similar burden, then deal along the burden ranking so that each split's
+    # cumulative count tracks its share at every rank (a proportional staircase): every split samples
+    # the whole range of tumor burden.
+    block = max(1, n // min(w for w in wanted.values() if w > 0))
+    order = [p for i in range(0, n, block) for p in rng.permutation(patients[i : i + block])]
+    assigned: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for i, p in enumerate(order):
+        target = max(SPLITS, key=lambda s: ((i + 1) * wanted[s] / n - len(assigned[s]), wanted[s]))
+        assigned[target].append(str(p))
+    return {s: sorted(v) for s, v in assigned.items()}
+
+
+def make_datalist(
+    dataset_dir: str | os.PathLike,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    records: Sequence[SliceRecord] | None = None,
+) -> dict:
+    """Discover a kaggle_3m dataset and split it by patient into a datalist dict (see module docstring)."""
+    records = list(records) if records is not None else discover_kaggle3m(dataset_dir)
+    split = split_patients(records, val_fraction, test_fraction, seed)
+    where = {p: s for s, ps in split.items() for p in ps}
+    datalist: dict = {s: [] for s in SPLITS}
+    for r in records:
+        datalist[where[r.patient_id]].append(datalist_entry(r))
+    datalist["metadata"] = {
+        "dataset_dir": str(Path(dataset_dir).expanduser().resolve()),
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "patients": {s: split[s] for s in SPLITS},
+        "counts": {
+            s: {
+                "patients": len(split[s]),
+                "slices": len(datalist[s]),
+                "tumor_slices": sum(e["tumor"] for e in datalist[s]),
+            }
+            for s in SPLITS
+        },
+    }
+    return datalist
+
+
+def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:
+    """Write ``datalist`` as JSON atomically (a temporary file renamed into place)."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(datalist, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

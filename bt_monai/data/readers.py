@@ -1,0 +1,153 @@
+"""Image readers for single 2D MRI slices, used through MONAI's ``LoadImage``.
+
+MONAI's convention holds for every reader here: the first spatial axis is the image column (x) and the second
+the row (y), i.e. arrays are ``(W, H)`` or ``(W, H, C)``, transposed with respect to PIL/tifffile's ``(H, W)``.
+Reading image and mask with readers that share this convention keeps them aligned.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from monai.data import ImageReader, NibabelReader, PILReader, PydicomReader
+from monai.data.image_reader import _copy_compatible_dict, _stack_images
+from monai.utils import MetaKeys, ensure_tuple
+
+__all__ = [
+    "TIFF_SUFFIXES",
+    "PIL_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "DICOM_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "TiffReader",
+    "DicomSliceReader",
+    "NiftiSliceReader",
+    "slice_format",
+    "make_slice_readers",
+]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
+
+
+def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def slice_format(path: str | os.PathLike) -> str | None:
+    """Return ``"tiff"``, ``"pil"``, ``"nifti"`` or ``"dicom"`` for ``path``, or None if it is none of them.
+
+    The suffix decides; a file without a known suffix is DICOM when it carries the ``DICM`` preamble
+    (PACS exports often have no extension).
+    """
+    path = Path(path)
+    if _has_suffix(path, TIFF_SUFFIXES):
+        return "tiff"
+    if _has_suffix(path, PIL_SUFFIXES):
+        return "pil"
+    if _has_suffix(path, NIFTI_SUFFIXES):
+        return "nifti"
+    if _has_suffix(path, DICOM_SUFFIXES) or _has_dicom_preamble(path):
+        return "dicom"
+    return None
+
+
+class TiffReader(ImageReader):
+    """Read 2D TIFF slices with tifffile: 8- or 16-bit (or float), 1, 3 or 4 samples per pixel.
+
+    PIL cannot read 16-bit multi-sample TIFFs and MONAI would route ``.tif`` to ITK; tifffile reads them all.
+    Output follows MONAI's axis convention: ``(W, H)`` or ``(W, H, C)`` (see module docstring).
+    """
+
+    def __init__(self, reverse_indexing: bool = True, **kwargs) -> None:
+        super().__init__()
+        self.reverse_indexing = reverse_indexing
+        self.kwargs = kwargs
+
+    def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
+        return all(_has_suffix(Path(f), TIFF_SUFFIXES) for f in ensure_tuple(filename))
+
+    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs) -> list[np.ndarray] | np.ndarray:
+        arrays = []
+        for f in ensure_tuple(data):
+            with tifffile.TiffFile(os.fspath(f)) as tif:
+                series = tif.series[0]
+                arr = series.asarray(**{**self.kwargs, **kwargs})
+                axes = series.axes
+            if "S" in axes and axes.index("S") != len(axes) - 1:
+                arr = np.moveaxis(arr, axes.index("S"), -1)  # planar (separate) samples -> interleaved
+            arrays.append(arr)
+        return arrays if len(arrays) > 1 else arrays[0]
+
+    def get_data(self, img: np.ndarray | list[np.ndarray]) -> tuple[np.ndarray, dict]:
+        img_array: list[np.ndarray] = []
+        compatible_meta: dict = {}
+        for arr in img if isinstance(img, list) else [img]:  # ensure_tuple would split an array's rows
+            arr = np.asarray(arr)
+            if arr.ndim == 3 and arr.shape[-1] == 1:
+                arr = arr[..., 0]
+            if arr.ndim not in (2, 3):
+                raise ValueError(f"expected a 2D TIFF slice, got an array of shape {arr.shape}")
+            spatial = np.asarray(arr.shape[:2][::-1] if self.reverse_indexing else arr.shape[:2])
+            data = np.moveaxis(arr, 0, 1) if self.reverse_indexing else arr
+            header = {
+                MetaKeys.SPATIAL_SHAPE: spatial,
+                MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if data.ndim == 3 else float("nan"),
+                "dtype": str(arr.dtype),
+            }
+            img_array.append(data)
+            _copy_compatible_dict(header, compatible_meta)
+        return _stack_images(img_array, compatible_meta), compatible_meta
+
+
+class DicomSliceReader(PydicomReader):
+    """MONAI's ``PydicomReader`` (which applies RescaleSlope/Intercept) plus MONOCHROME1 inversion.
+
+    MONOCHROME1 stores bright tissue as low values; inverting within the slice's own value range keeps
+    intensities comparable with MONOCHROME2 series after per-slice scaling.
+    """
+
+    def _get_array_data(self, img, filename):
+        data = super()._get_array_data(img, filename)
+        if str(getattr(img, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+            data = data.astype(np.float32)
+            data = data.max() + data.min() - data
+        return data
+
+
+class NiftiSliceReader(NibabelReader):
+    """MONAI's ``NibabelReader`` for 2D NIfTI slices; a singleton third axis ``(W, H, 1)`` is dropped."""
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        data, meta = super().get_data(img)
+        if data.ndim == 3 and data.shape[-1] == 1:
+            data = data[..., 0]
+            meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(data.shape)
+        return data, meta
+
+
+def make_slice_readers() -> dict[str, ImageReader]:
+    """One reader instance per format name returned by :func:`slice_format`."""
+    return {
+        "tiff": TiffReader(),
+        "pil": PILReader(),
+        "dicom": DicomSliceReader(),
+        "nifti": NiftiSliceReader(),
+    }

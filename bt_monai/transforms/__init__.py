@@ -1,0 +1,37 @@
+"""MONAI transforms for 2D MRI slices: array versions, dictionary versions and the preprocessing presets."""
+
+from bt_monai.transforms.array import (
+    FLAIR_CHANNEL,
+    INPUT_MODES,
+    BinarizeMask,
+    GrayscaleToRGB,
+    LoadSlice,
+    RandSequenceDropout,
+    SelectInputChannels,
+)
+from bt_monai.transforms.dictionary import (
+    BinarizeMaskd,
+    GrayscaleToRGBd,
+    LoadSliced,
+    RandSequenceDropoutd,
+    SelectInputChannelsd,
+)
+from bt_monai.transforms.presets import SPATIAL_SIZE, slice_preprocessing, train_augmentations
+
+__all__ = [
+    "FLAIR_CHANNEL",
+    "INPUT_MODES",
+    "SPATIAL_SIZE",
+    "BinarizeMask",
+    "BinarizeMaskd",
+    "GrayscaleToRGB",
+    "GrayscaleToRGBd",
+    "LoadSlice",
+    "LoadSliced",
+    "RandSequenceDropout",
+    "RandSequenceDropoutd",
+    "SelectInputChannels",
+    "SelectInputChannelsd",
+    "slice_preprocessing",
+    "train_augmentations",
+]

@@ -1,0 +1,143 @@
+"""Array transforms for 2D MRI slices (channel-first, MONAI axis order ``(C, W, H)``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.config import NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, RandomizableTransform, Transform
+
+from bt_monai.data.readers import make_slice_readers, slice_format
+
+__all__ = [
+    "FLAIR_CHANNEL",
+    "INPUT_MODES",
+    "LoadSlice",
+    "SelectInputChannels",
+    "GrayscaleToRGB",
+    "BinarizeMask",
+    "RandSequenceDropout",
+]
+
+FLAIR_CHANNEL = 1
+"""Index of FLAIR in the LGG TIFFs' three channels (0 pre-contrast, 1 FLAIR, 2 post-contrast)."""
+
+INPUT_MODES = {"flair": (FLAIR_CHANNEL,), "all": (0, 1, 2)}
+"""Named input channel selections: ``flair`` (one grayscale image) or ``all`` three sequences as RGB."""
+
+
+class LoadSlice(Transform):
+    """Load one 2D slice as a float32 ``MetaTensor`` of shape ``(C, W, H)``, C = 1, 3 or 4.
+
+    The reader is chosen explicitly from the file (see :func:`bt_monai.data.readers.slice_format`):
+    TIFF via tifffile, PNG/JPEG via PIL, DICOM via pydicom, NIfTI via nibabel, all through MONAI's
+    ``LoadImage``. Values keep the file's own range (e.g. 0..255 for 8-bit, rescaled HU-like for DICOM).
+    """
+
+    def __init__(self) -> None:
+        self.readers = make_slice_readers()
+        # LoadImage also builds MONAI's default readers; the GPU DICOM one warns on every CPU machine.
+        plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+        level = plugin_log.level
+        plugin_log.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+                self.loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+        finally:
+            plugin_log.setLevel(level)
+
+    def __call__(self, filename: str | os.PathLike) -> MetaTensor:
+        fmt = slice_format(filename)
+        if fmt is None:
+            raise ValueError(f"{filename}: not a supported slice file (TIFF, PNG, JPEG, DICOM or NIfTI expected)")
+        img = self.loader(filename, reader=self.readers[fmt])
+        if img.ndim != 3:
+            raise ValueError(f"{filename}: expected a 2D slice, got an image of shape {tuple(img.shape)}")
+        return img
+
+
+class SelectInputChannels(Transform):
+    """Pick the network's input channels from a channel-first slice.
+
+    Multi-sequence slices (3 channels, e.g. the LGG TIFFs; a 4th alpha channel is ignored) keep ``channels``.
+    Single-channel (grayscale) slices, such as DICOM or FLAIR-only PNGs, are returned unchanged: they are
+    taken to be the FLAIR sequence. Gray+alpha (2 channels) keeps the gray channel.
+    """
+
+    def __init__(self, channels: Sequence[int] | str = "flair") -> None:
+        if isinstance(channels, str):
+            if channels not in INPUT_MODES:
+                raise ValueError(f"unknown input mode {channels!r}: use one of {sorted(INPUT_MODES)}")
+            channels = INPUT_MODES[channels]
+        self.channels = tuple(int(c) for c in channels)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        n = img.shape[0]
+        if n == 1:
+            return img
+        if n == 2:
+            return img[:1]
+        if n in (3, 4):
+            return img[list(self.channels)]
+        raise ValueError(f"expected 1 to 4 channels, got an image of shape {tuple(img.shape)}")
+
+
+class GrayscaleToRGB(Transform):
+    """Repeat a single channel three times (``(1, W, H)`` -> ``(3, W, H)``); 3-channel input passes through."""
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        if img.shape[0] == 3:
+            return img
+        if img.shape[0] != 1:
+            raise ValueError(f"expected 1 or 3 channels, got an image of shape {tuple(img.shape)}")
+        return img.repeat(3, 1, 1) if isinstance(img, torch.Tensor) else np.repeat(img, 3, axis=0)
+
+
+class BinarizeMask(Transform):
+    """Turn a mask of any channel count and value range into a ``(1, W, H)`` float mask of 0s and 1s.
+
+    A pixel is foreground when any channel is above ``threshold`` (0 by default: 255, 1 or 128 all count).
+    """
+
+    def __init__(self, threshold: float = 0.0) -> None:
+        self.threshold = threshold
+
+    def __call__(self, mask: NdarrayOrTensor) -> NdarrayOrTensor:
+        fg = (
+            (mask > self.threshold).any(0, keepdims=True)
+            if isinstance(mask, np.ndarray)
+            else ((mask > self.threshold).any(0, keepdim=True))
+        )
+        return fg.astype(np.float32) if isinstance(fg, np.ndarray) else fg.float()
+
+
+class RandSequenceDropout(RandomizableTransform):
+    """With probability ``prob``, replace every channel of a 3-sequence slice by its FLAIR channel.
+
+    The LGG data store a missing pre- or post-contrast sequence as a copy of FLAIR; training with this
+    substitution at random lets one model accept both three sequences and a lone grayscale (FLAIR) series.
+    Single-channel input passes through.
+    """
+
+    def __init__(self, prob: float = 0.25, flair_channel: int = FLAIR_CHANNEL) -> None:
+        RandomizableTransform.__init__(self, prob)
+        self.flair_channel = flair_channel
+
+    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
+        if randomize:
+            self.randomize(None)
+        if not self._do_transform or img.shape[0] == 1:
+            return img
+        flair = img[self.flair_channel : self.flair_channel + 1]
+        return (
+            flair.repeat(img.shape[0], 1, 1)
+            if isinstance(img, torch.Tensor)
+            else np.repeat(flair, img.shape[0], axis=0)
+        )

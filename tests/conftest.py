@@ -1,0 +1,87 @@
+"""Shared fixtures: the real LGG slices (never skipped in CI) and small file writers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LGG_DIR = Path(os.environ.get("BT_MONAI_LGG_DIR", REPO.parent / "shared" / "data" / "lgg" / "kaggle_3m"))
+# Three patients with 20 slices each: enough for discovery, alignment and a few training steps.
+SUBSET = ("TCGA_CS_4942_19970222", "TCGA_CS_4943_20000902", "TCGA_CS_5393_19990606")
+
+
+def _require_real_data() -> Path:
+    if LGG_DIR.is_dir():
+        return LGG_DIR
+    msg = f"real LGG data not found at {LGG_DIR} (set BT_MONAI_LGG_DIR)"
+    if os.environ.get("BT_MONAI_REQUIRE_DATA"):
+        pytest.fail(msg + "; BT_MONAI_REQUIRE_DATA is set, so this is an error, not a skip")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def lgg_root() -> Path:
+    """The full kaggle_3m folder (62 patients)."""
+    return _require_real_data()
+
+
+@pytest.fixture(scope="session")
+def lgg_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kaggle_3m-style folder linking three real patients."""
+    root = _require_real_data()
+    subset = tmp_path_factory.mktemp("lgg_subset")
+    for patient in SUBSET:
+        (subset / patient).symlink_to(root / patient, target_is_directory=True)
+    return subset
+
+
+def write_mr_dicom(path: Path, pixels: np.ndarray, **attributes) -> Path:
+    """Write a single-frame MR image (``pixels``: (rows, cols) uint16 or int16) with pydicom."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "MR"
+    ds.PatientID = "TEST"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    ds.PixelSpacing = [0.9375, 0.9375]
+    ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def tumor_slice(root: Path, patient: str = SUBSET[0]) -> tuple[Path, Path]:
+    """The real slice of ``patient`` whose tumor centroid lies furthest from the image centre."""
+    import tifffile
+
+    best, best_offset = None, -1.0
+    for mask in sorted((root / patient).glob("*_mask.tif")):
+        m = tifffile.imread(mask)
+        if m.any():
+            rows, cols = np.nonzero(m)
+            offset = float(np.hypot(rows.mean() - m.shape[0] / 2, cols.mean() - m.shape[1] / 2))
+            if offset > best_offset:
+                best, best_offset = mask, offset
+    assert best is not None
+    return best.with_name(best.name.replace("_mask", "")), best
