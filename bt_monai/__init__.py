@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from bt_monai import data, networks, transforms  # noqa: E402  (networks registers the MONAI backbone)
+from bt_monai import data, handlers, inferers, metrics, networks, transforms  # noqa: E402  (registers the backbone)
 
-__all__ = ["__version__", "data", "networks", "transforms"]
+__all__ = ["__version__", "data", "handlers", "inferers", "metrics", "networks", "transforms"]

@@ -76,3 +76,17 @@ def test_image_without_mask_names_the_file(tmp_path):
     tifffile.imwrite(tmp_path / "P1" / "P1_1.tif", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(DatasetError, match="P1_1.tif"):
         discover_kaggle3m(tmp_path)
+
+
+def test_synthetic_demo_dataset_is_deterministic_labelled_and_discoverable(tmp_path):
+    from bt_monai.data import make_synthetic_kaggle3m
+
+    a = make_synthetic_kaggle3m(tmp_path / "a", n_patients=2, n_slices=4, size=32, seed=5)
+    b = make_synthetic_kaggle3m(tmp_path / "b", n_patients=2, n_slices=4, size=32, seed=5)
+    assert "SYNTHETIC" in (a / "README_SYNTHETIC.txt").read_text()
+    records = discover_kaggle3m(a)
+    assert len(records) == 8 and all(r.patient_id.startswith("SYNTHETIC_") for r in records)
+    assert any(r.tumor for r in records) and not all(r.tumor for r in records)
+    for r in records:
+        other = r.image.replace(str(a), str(b))
+        assert np.array_equal(tifffile.imread(r.image), tifffile.imread(other))

@@ -1,6 +1,13 @@
 """Data layer: slice readers, dataset discovery and the patient-level datalist."""
 
-from bt_monai.data.datalist import SPLITS, datalist_entry, make_datalist, split_patients, write_datalist
+from bt_monai.data.datalist import (
+    SPLITS,
+    datalist_entry,
+    load_or_make_datalist,
+    make_datalist,
+    split_patients,
+    write_datalist,
+)
 from bt_monai.data.discovery import (
     DatasetError,
     SliceRecord,
@@ -10,6 +17,7 @@ from bt_monai.data.discovery import (
     mask_has_tumor,
 )
 from bt_monai.data.readers import DicomSliceReader, NiftiSliceReader, TiffReader, slice_format
+from bt_monai.data.synthetic import make_synthetic_kaggle3m
 
 __all__ = [
     "SPLITS",
@@ -22,6 +30,8 @@ __all__ = [
     "discover_images",
     "discover_kaggle3m",
     "is_mask_file",
+    "load_or_make_datalist",
+    "make_synthetic_kaggle3m",
     "make_datalist",
     "mask_has_tumor",
     "slice_format",

@@ -18,7 +18,14 @@ import numpy as np
 
 from bt_monai.data.discovery import DatasetError, SliceRecord, discover_kaggle3m
 
-__all__ = ["SPLITS", "split_patients", "make_datalist", "write_datalist", "datalist_entry"]
+__all__ = [
+    "SPLITS",
+    "datalist_entry",
+    "load_or_make_datalist",
+    "make_datalist",
+    "split_patients",
+    "write_datalist",
+]
 
 SPLITS = ("training", "validation", "test")
 
@@ -119,3 +126,49 @@ def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _check_entries(datalist: dict, source: Path) -> dict:
+    for split in SPLITS:
+        for entry in datalist.get(split, []):
+            for key in ("image", "label"):
+                if key in entry and not Path(entry[key]).is_file():
+                    raise DatasetError(f"{source}: {split} entry names a missing file: {entry[key]}")
+    return datalist
+
+
+def load_or_make_datalist(
+    dataset: str | os.PathLike,
+    demo_dir: str | os.PathLike | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+) -> dict:
+    """The datalist the bundles train on.
+
+    ``dataset`` is either a kaggle_3m-style folder (discovered and split by patient, see
+    :func:`make_datalist`) or a JSON datalist file (relative paths are taken from the file's folder). When
+    ``dataset`` is ``demo_dir`` and does not exist yet, the synthetic demo dataset is generated there first.
+    Every file a datalist names must exist: the first missing one is reported with its path.
+    """
+    path = Path(dataset).expanduser()
+    if demo_dir is not None and path == Path(demo_dir).expanduser():
+        from bt_monai.data.synthetic import make_synthetic_kaggle3m
+
+        make_synthetic_kaggle3m(path)
+    if path.suffix.lower() == ".json":
+        if not path.is_file():
+            raise DatasetError(f"datalist file not found: {path}")
+        try:
+            datalist = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path} is not valid JSON: {e}") from e
+        if not isinstance(datalist, dict) or not datalist.get("training"):
+            raise DatasetError(f"{path}: a datalist needs a non-empty 'training' list (and 'validation')")
+        for split in SPLITS:
+            for entry in datalist.get(split, []):
+                for key in ("image", "label"):
+                    if isinstance(entry.get(key), str) and not Path(entry[key]).is_absolute():
+                        entry[key] = str(path.parent / entry[key])
+        return _check_entries(datalist, path)
+    return _check_entries(make_datalist(path, val_fraction, test_fraction, seed), path)

@@ -1,0 +1,13 @@
+"""MONAI/ignite handlers: the project's metrics and an atomic checkpoint saver."""
+
+from bt_monai.handlers.checkpoint import AtomicDiskSaver, CheckpointSaver, keep_previous_model
+from bt_monai.handlers.metrics import ClassificationHandler, PatientVolumeHandler, SliceSegmentationHandler
+
+__all__ = [
+    "AtomicDiskSaver",
+    "CheckpointSaver",
+    "ClassificationHandler",
+    "PatientVolumeHandler",
+    "SliceSegmentationHandler",
+    "keep_previous_model",
+]

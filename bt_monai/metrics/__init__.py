@@ -1,0 +1,33 @@
+"""Metrics, defined once (:mod:`.functional`) and wrapped as MONAI metrics (:mod:`.metrics`)."""
+
+from bt_monai.metrics.functional import (
+    classification_summary,
+    confusion_matrix,
+    dice_from_counts,
+    iou_from_counts,
+    patient_volume_counts,
+    pixel_accuracy_from_counts,
+    roc_auc,
+    segmentation_counts,
+)
+from bt_monai.metrics.metrics import (
+    SEGMENTATION_METRICS,
+    ClassificationMetric,
+    PatientVolumeMetric,
+    SliceSegmentationMetric,
+)
+
+__all__ = [
+    "SEGMENTATION_METRICS",
+    "ClassificationMetric",
+    "PatientVolumeMetric",
+    "SliceSegmentationMetric",
+    "classification_summary",
+    "confusion_matrix",
+    "dice_from_counts",
+    "iou_from_counts",
+    "patient_volume_counts",
+    "pixel_accuracy_from_counts",
+    "roc_auc",
+    "segmentation_counts",
+]
