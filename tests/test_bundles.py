@@ -186,35 +186,36 @@ def test_monai_verify_net_in_out(name):
     )
 
 
-def trained_checkpoint(name: str, root: Path) -> Path:
+def network_and_checkpoint(root: Path) -> tuple[torch.nn.Module, Path]:
+    """The inference config's network with random weights, saved as the bundle's models/model.pt."""
     torch.manual_seed(0)
-    net = ConfigWorkflow(config_file=files(root, "inference"), workflow_type=None, bundle_root=str(root))
-    net.initialize()
+    wf = ConfigWorkflow(config_file=files(root, "inference"), workflow_type=None, bundle_root=str(root))
+    wf.initialize()
+    net = wf.parser.get_parsed_content("network_def").eval()
     ckpt = root / "models" / "model.pt"
-    torch.save(net.parser.get_parsed_content("network_def").state_dict(), ckpt)
-    return ckpt
+    torch.save(net.state_dict(), ckpt)
+    return net, ckpt
+
+
+def export_args(root: Path, ckpt: Path) -> dict:
+    return {
+        "net_id": "network_def",
+        "ckpt_file": str(ckpt),
+        "meta_file": str(root / "configs" / "metadata.json"),
+        "config_file": files(root, "inference")[0],
+        "bundle_root": str(root),
+    }
 
 
 @pytest.mark.parametrize("name", BUNDLES)
 def test_torchscript_export_matches_the_checkpoint(name, tmp_path):
     root = copy_bundle(name, tmp_path)
-    ckpt = trained_checkpoint(name, root)
+    net, ckpt = network_and_checkpoint(root)
     ts = root / "models" / "model.ts"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(ts),
-        ckpt_file=str(ckpt),
-        meta_file=str(root / "configs" / "metadata.json"),
-        config_file=files(root, "inference")[0],
-        bundle_root=str(root),
-    )
-    wf = ConfigWorkflow(config_file=files(root, "inference"), workflow_type=None, bundle_root=str(root))
-    wf.initialize()
-    net = wf.parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(ckpt, weights_only=True))
+    ckpt_export(filepath=str(ts), **export_args(root, ckpt))
     x = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
-        torch.testing.assert_close(torch.jit.load(str(ts))(x), net.eval()(x))
+        torch.testing.assert_close(torch.jit.load(str(ts))(x), net(x))
 
 
 @pytest.mark.parametrize("name", BUNDLES)
@@ -222,27 +223,14 @@ def test_onnx_export_runs_in_onnxruntime_like_pytorch(name, tmp_path):
     import onnxruntime
 
     root = copy_bundle(name, tmp_path)
-    ckpt = trained_checkpoint(name, root)
+    net, ckpt = network_and_checkpoint(root)
     path = root / "models" / "model.onnx"
-    onnx_export(
-        net_id="network_def",
-        filepath=str(path),
-        ckpt_file=str(ckpt),
-        meta_file=str(root / "configs" / "metadata.json"),
-        config_file=files(root, "inference")[0],
-        bundle_root=str(root),
-        input_shape=[1, 3, 224, 224],
-        use_trace=True,
-    )
-    wf = ConfigWorkflow(config_file=files(root, "inference"), workflow_type=None, bundle_root=str(root))
-    wf.initialize()
-    net = wf.parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(ckpt, weights_only=True))
+    onnx_export(filepath=str(path), input_shape=[1, 3, 224, 224], use_trace=True, **export_args(root, ckpt))
     x = torch.rand(1, 3, 224, 224)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
-        np.testing.assert_allclose(out, net.eval()(x).numpy(), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(out, net(x).numpy(), rtol=1e-3, atol=1e-4)
 
 
 def test_mlflow_tracking_records_the_run(tmp_path, synthetic):
