@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from bt_monai.data import DatasetError, make_datalist, write_datalist
+from bt_monai.inferers.predictor import CLASSIFICATION_BUNDLE, SEGMENTATION_BUNDLE, WeightsError
 
 
 def _datalist(args: argparse.Namespace) -> int:
@@ -16,6 +18,44 @@ def _datalist(args: argparse.Namespace) -> int:
         print(f"{split:<11} {c['patients']:>4} patients {c['slices']:>6} slices {c['tumor_slices']:>6} with tumor")
     print(f"wrote {path}")
     return 0
+
+
+def _predictor(args: argparse.Namespace):
+    from bt_monai.inferers import TumorPredictor
+
+    overrides = {"amp": False} if args.no_amp else {}
+    if args.device:
+        overrides["device"] = args.device
+    return TumorPredictor.from_bundles(
+        args.segmentation_bundle,
+        args.classification_bundle,
+        args.segmentation_weights,
+        args.classification_weights,
+        **overrides,
+    )
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from bt_monai.apps.infer import infer_folder
+
+    summary = infer_folder(_predictor(args), args.input, args.output, args.batch_size)
+    print(f"{summary.slices} slices predicted, {summary.tumor_slices} with tumor; results in {args.output}")
+    if summary.skipped:
+        print(f"{len(summary.skipped)} file(s) skipped, reasons in {args.output}/skipped.csv", file=sys.stderr)
+    if summary.slices == 0:
+        print(f"error: no readable slice found in {args.input}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--segmentation-bundle", default=str(SEGMENTATION_BUNDLE), help="segmentation bundle folder")
+    p.add_argument("--classification-bundle", default=str(CLASSIFICATION_BUNDLE), help="detection bundle folder")
+    p.add_argument("--segmentation-weights", help="weights file instead of the bundle's models/model.pt")
+    p.add_argument("--classification-weights", help="weights file instead of the bundle's models/model.pt")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per batch (16)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    p.add_argument("--no-amp", action="store_true", help="plain float32 (no bf16/fp16 autocast)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,14 +74,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.15, help="share of patients for testing (0.15)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (0)")
     p.set_defaults(func=_datalist)
+
+    p = commands.add_parser(
+        "infer",
+        help="detect and segment tumor on one slice, a folder of slices or a kaggle_3m dataset",
+        description="Run both models on INPUT (one image; a folder of TIFF/PNG/JPEG/DICOM/NIfTI slices, any "
+        "nesting; or a kaggle_3m dataset, whose mask files are not inputs). Writes OUT/predictions.csv (path, "
+        "tumor_probability, tumor, tumor_area_px), OUT/masks/<path>.png (0/255, at each slice's size) and "
+        "OUT/skipped.csv for unreadable files.",
+    )
+    p.add_argument("input", help="a slice file or a folder")
+    p.add_argument("--output", "-o", required=True, help="output folder (created)")
+    _add_model_options(p)
+    p.set_defaults(func=_infer)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A blank slice (one value everywhere) scales to zeros; MONAI warns about it on every such slice.
+    warnings.filterwarnings("ignore", message=r"Divide by zero \(a_min == a_max\)")
     try:
         return args.func(args)
-    except (DatasetError, FileNotFoundError, ValueError) as e:
+    except (DatasetError, WeightsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

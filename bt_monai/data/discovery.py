@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_monai.data.readers import IMAGE_SUFFIXES, slice_format
+from bt_monai.data.readers import slice_format, strip_image_suffix
 
 __all__ = ["DatasetError", "SliceRecord", "discover_kaggle3m", "discover_images", "is_mask_file", "mask_has_tumor"]
 
@@ -55,11 +55,8 @@ def mask_has_tumor(mask_path: str | os.PathLike, loader: Callable | None = None)
 
 
 def _mask_for(image: Path) -> Path:
-    name = image.name
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return image.with_name(name[: -len(suffix)] + "_mask" + name[-len(suffix) :])
-    return image.with_name(image.stem + "_mask" + image.suffix)
+    stem = strip_image_suffix(image.name)
+    return image.with_name(stem + "_mask" + image.name[len(stem) :])
 
 
 def discover_kaggle3m(root: str | os.PathLike) -> list[SliceRecord]:

@@ -27,6 +27,7 @@ __all__ = [
     "DicomSliceReader",
     "NiftiSliceReader",
     "slice_format",
+    "strip_image_suffix",
     "make_slice_readers",
 ]
 
@@ -49,6 +50,15 @@ def _has_dicom_preamble(path: Path) -> bool:
             return f.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def strip_image_suffix(name: str) -> str:
+    """``name`` without its image extension (``.nii.gz`` counts as one); other names are returned as they are."""
+    lower = name.lower()
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def slice_format(path: str | os.PathLike) -> str | None:

@@ -1,0 +1,1 @@
+"""Applications on top of the core: folder inference (and, later, evaluation reports and DICOM)."""

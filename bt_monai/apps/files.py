@@ -1,0 +1,53 @@
+"""Writing outputs safely: atomic files, and paths that never leave the output folder nor hit an input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["atomic_write_bytes", "write_csv", "write_mask_png", "inside"]
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` resolves to a place inside ``folder``."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place (no half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Write a CSV file atomically."""
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def write_mask_png(path: Path, mask: np.ndarray) -> None:
+    """Write a 0/1 ``(H, W)`` mask as an 8-bit PNG of 0 and 255, atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray((mask > 0).astype(np.uint8) * 255).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,243 @@
+"""The one predictor behind every face of bt_monai (CLI, evaluation reports, DICOM, MONAI Label).
+
+It runs both bundles' networks on the same preprocessed slice: one preprocessing
+(:func:`bt_monai.transforms.slice_preprocessing`), one threshold (the bundles' ``threshold``), so the
+outputs of all faces agree by construction. Network definitions, input mode, input size and threshold
+are read from each bundle's ``configs/inference.json``; weights from ``models/model.pt`` unless given.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
+from scipy import ndimage
+
+from bt_monai.inferers.autocast import AutocastInferer
+from bt_monai.transforms import slice_preprocessing
+
+__all__ = [
+    "BUNDLE_ROOT",
+    "SEGMENTATION_BUNDLE",
+    "CLASSIFICATION_BUNDLE",
+    "WeightsError",
+    "SlicePrediction",
+    "load_weights",
+    "load_bundle_network",
+    "TumorPredictor",
+]
+
+BUNDLE_ROOT = Path(os.environ.get("BT_MONAI_BUNDLE_ROOT", Path(__file__).resolve().parents[2] / "bundle"))
+SEGMENTATION_BUNDLE = BUNDLE_ROOT / "brain_tumor_segmentation"
+CLASSIFICATION_BUNDLE = BUNDLE_ROOT / "brain_tumor_classification"
+
+
+class WeightsError(RuntimeError):
+    """A weights file that is missing, unsafe, or does not fit the network; the message names the file."""
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load a state dict file into ``network`` (float32 whatever the stored precision), safely.
+
+    The file is read with ``torch.load(weights_only=True)``: a checkpoint carrying code (a pickle that
+    would import or call anything) is refused without running it. A state dict of another architecture
+    fails with the missing, unexpected and mis-shaped keys named.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(f"{path} was refused: it is not a plain tensor checkpoint ({e})") from e
+    except Exception as e:  # truncated or not a torch file at all
+        raise WeightsError(f"{path} is not a readable PyTorch weights file ({e})") from e
+    for key in ("model", "state_dict", "network"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} does not hold a state dict")
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mis_shaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or mis_shaped:
+        parts = [
+            f"{label} {len(keys)} (e.g. {', '.join(keys[:4])})"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
+            if keys
+        ]
+        raise WeightsError(
+            f"{path} does not fit {type(network).__name__}: " + "; ".join(parts) + ". Is it the other bundle's model?"
+        )
+    network.load_state_dict(state)  # copies into the network's float32 parameters
+    return network
+
+
+def load_bundle_network(
+    bundle: str | os.PathLike, weights: str | os.PathLike | None = None, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, dict]:
+    """The bundle's ``network_def`` with weights loaded, in eval mode, and its inference settings."""
+    bundle = Path(bundle)
+    config = bundle / "configs" / "inference.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"not a bt_monai bundle (no {config}); give the bundle folder")
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser["bundle_root"] = str(bundle)
+    network = parser.get_parsed_content("network_def")
+    if weights is None and not (bundle / "models" / "model.pt").is_file():
+        raise WeightsError(
+            f"no trained weights in {bundle / 'models' / 'model.pt'}: train the bundle (see {bundle / 'docs'}"
+            "/README.md) or give a weights file"
+        )
+    load_weights(network, weights or bundle / "models" / "model.pt")
+    settings = {
+        key: parser.get_parsed_content(key)
+        for key in ("input_mode", "spatial_size", "threshold", "channels_last", "amp")
+        if key in parser
+    }
+    settings["weights"] = str(weights or bundle / "models" / "model.pt")
+    return network.to(device).eval(), settings
+
+
+@dataclass
+class SlicePrediction:
+    """Both models' answer for one slice.
+
+    ``mask``: uint8 0/1 array ``(H, W)`` (rows, columns, as image files store them) at the slice's own size.
+    """
+
+    path: str
+    tumor_probability: float
+    mask: np.ndarray
+    threshold: float = 0.5
+
+    @property
+    def tumor(self) -> int:
+        return int(self.tumor_probability >= self.threshold)
+
+    @property
+    def tumor_area_px(self) -> int:
+        return int(self.mask.sum())
+
+
+class TumorPredictor:
+    """Detection and segmentation of 2D slices with both bundles' networks.
+
+    Args:
+        segmenter, classifier: networks returning logits ``(B, 1, H, W)`` and ``(B, 1)``.
+        input_mode, spatial_size: the preprocessing both were trained with (must be one and the same).
+        threshold: one threshold for the tumor probability and the per-pixel probability.
+        gate_masks: clear the mask of a slice the classifier calls tumor-free.
+        min_component_px: remove connected mask components smaller than this (pixels at the slice's size).
+        amp, channels_last: bf16 autocast on capable CPUs (fp16 on CUDA) and channels-last execution.
+    """
+
+    def __init__(
+        self,
+        segmenter: torch.nn.Module,
+        classifier: torch.nn.Module,
+        input_mode: str = "flair",
+        spatial_size: tuple[int, int] = (224, 224),
+        threshold: float = 0.5,
+        gate_masks: bool = False,
+        min_component_px: int = 0,
+        amp: bool = True,
+        channels_last: bool = True,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.segmenter = segmenter.to(self.device, memory_format=memory_format).eval()
+        self.classifier = classifier.to(self.device, memory_format=memory_format).eval()
+        self.threshold, self.gate_masks, self.min_component_px = threshold, gate_masks, min_component_px
+        self.inferer = AutocastInferer(enabled=amp, channels_last=channels_last)
+        self.preprocessing = Compose(slice_preprocessing("image", input_mode=input_mode, spatial_size=spatial_size))
+
+    @classmethod
+    def from_bundles(
+        cls,
+        segmentation_bundle: str | os.PathLike = SEGMENTATION_BUNDLE,
+        classification_bundle: str | os.PathLike = CLASSIFICATION_BUNDLE,
+        segmentation_weights: str | os.PathLike | None = None,
+        classification_weights: str | os.PathLike | None = None,
+        **kwargs,
+    ) -> TumorPredictor:
+        """Build from the two bundles (default: the shipped ones); ``kwargs`` override the bundles' settings."""
+        segmenter, seg = load_bundle_network(segmentation_bundle, segmentation_weights)
+        classifier, det = load_bundle_network(classification_bundle, classification_weights)
+        for key in ("input_mode", "spatial_size"):
+            if seg.get(key) != det.get(key) and key not in kwargs:
+                raise ValueError(
+                    f"the bundles disagree on {key} ({seg.get(key)} vs {det.get(key)}): one preprocessing "
+                    "serves both models, so retrain one of them or pass the setting explicitly"
+                )
+        settings = {k: seg[k] for k in ("input_mode", "spatial_size", "threshold", "amp", "channels_last") if k in seg}
+        return cls(segmenter, classifier, **{**settings, **kwargs})
+
+    def preprocess(self, path: str | os.PathLike) -> torch.Tensor:
+        """The network input ``(3, H, W)`` of one slice file (metadata keeps its original size)."""
+        return self.preprocessing({"image": str(path)})["image"]
+
+    @torch.no_grad()
+    def predict_tensors(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tumor probabilities ``(B,)`` and per-pixel probabilities ``(B, 1, H, W)`` of a preprocessed batch."""
+        images = images.to(self.device)
+        detection = torch.sigmoid(self.inferer(images, self.classifier)).reshape(-1)
+        segmentation = torch.sigmoid(self.inferer(images, self.segmenter))
+        return detection.cpu(), segmentation.cpu()
+
+    def to_mask(self, probability_map: torch.Tensor, original_size: tuple[int, int], tumor_probability: float):
+        """Resize a ``(1, W, H)`` probability map to the slice's ``(W, H)``, threshold, clean; return ``(H, W)``."""
+        resized = torch.nn.functional.interpolate(
+            probability_map[None].float(), size=tuple(int(s) for s in original_size), mode="bilinear"
+        )[0, 0]
+        mask = (resized >= self.threshold).numpy()
+        if self.gate_masks and tumor_probability < self.threshold:
+            mask[:] = False
+        if self.min_component_px > 0 and mask.any():
+            labels, n = ndimage.label(mask)
+            sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
+            mask = np.isin(labels, 1 + np.flatnonzero(sizes >= self.min_component_px))
+        return np.ascontiguousarray(mask.T.astype(np.uint8))
+
+    def predict_paths(
+        self,
+        paths: Iterable[str | os.PathLike],
+        batch_size: int = 16,
+        on_error: Callable[[str, Exception], None] | None = None,
+    ) -> Iterator[SlicePrediction]:
+        """Predict slice files in batches, yielding one :class:`SlicePrediction` per readable file, in order.
+
+        Streams: at most one batch of slices is held in memory. A file that cannot be read raises, unless
+        ``on_error(path, exception)`` is given: then it is reported there and skipped.
+        """
+        batch: list[tuple[str, torch.Tensor]] = []
+        for path in paths:
+            try:
+                batch.append((str(path), self.preprocess(path)))
+            except Exception as e:
+                if on_error is None:
+                    raise
+                on_error(str(path), e)
+            if len(batch) == batch_size:
+                yield from self._run(batch)
+                batch = []
+        if batch:
+            yield from self._run(batch)
+
+    def _run(self, batch: list[tuple[str, torch.Tensor]]) -> Iterator[SlicePrediction]:
+        images = torch.stack([image.as_tensor() for _, image in batch])
+        probabilities, maps = self.predict_tensors(images)
+        for (path, image), probability, probability_map in zip(batch, probabilities, maps, strict=True):
+            size = tuple(int(s) for s in image.meta["spatial_shape"][:2])
+            mask = self.to_mask(probability_map, size, float(probability))
+            yield SlicePrediction(path, float(probability), mask, self.threshold)

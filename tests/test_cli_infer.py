@@ -1,0 +1,88 @@
+"""``python -m bt_monai infer``: one row and one mask per readable slice, at the slice's size, never over an input."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from bt_monai.__main__ import main
+from bt_monai.networks import MobileNetV2Classifier, MobileNetV2UNet
+
+
+@pytest.fixture(scope="module")
+def weight_args(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    torch.save(MobileNetV2UNet().state_dict(), folder / "seg.pt")
+    torch.save(MobileNetV2Classifier().state_dict(), folder / "cls.pt")
+    return ["--segmentation-weights", str(folder / "seg.pt"), "--classification-weights", str(folder / "cls.pt")]
+
+
+def rows(out) -> list[dict]:
+    return list(csv.DictReader((out / "predictions.csv").open()))
+
+
+@pytest.mark.real_data
+def test_kaggle_dataset_gives_a_row_and_a_mask_per_slice_and_ignores_mask_files(lgg_subset, tmp_path, weight_args):
+    out = tmp_path / "out"
+    assert main(["infer", str(lgg_subset), "--output", str(out), *weight_args]) == 0
+    images = sorted(p for p in lgg_subset.glob("*/*.tif") if not p.name.endswith("_mask.tif"))
+    table = rows(out)
+    assert sorted(r["path"] for r in table) == sorted(p.relative_to(lgg_subset).as_posix() for p in images)
+    assert set(table[0]) == {"path", "tumor_probability", "tumor", "tumor_area_px"}
+    for r in table[:5]:
+        mask = np.asarray(Image.open(out / "masks" / r["path"].replace(".tif", ".png")))
+        assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
+        assert int(r["tumor_area_px"]) == int((mask > 0).sum())
+        assert int(r["tumor"]) == int(float(r["tumor_probability"]) >= 0.5)
+
+
+def test_single_image_and_odd_sizes(tmp_path, weight_args):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 70), np.uint8)).save(tmp_path / "x.png")
+    out = tmp_path / "out"
+    assert main(["infer", str(tmp_path / "x.png"), "-o", str(out), *weight_args]) == 0
+    assert [r["path"] for r in rows(out)] == ["x.png"]
+    assert np.asarray(Image.open(out / "masks" / "x.png")).shape == (90, 70)
+
+
+def test_unreadable_files_are_listed_and_the_rest_is_processed(tmp_path, weight_args, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "good_1.tif", np.zeros((32, 32), np.uint8))
+    (src / "bad_2.tif").write_bytes(b"not a tiff")
+    (src / "empty_3.png").write_bytes(b"")
+    out = tmp_path / "out"
+    assert main(["infer", str(src), "-o", str(out), *weight_args]) == 0
+    assert [r["path"] for r in rows(out)] == ["good_1.tif"]
+    skipped = list(csv.DictReader((out / "skipped.csv").open()))
+    assert sorted(s["path"] for s in skipped) == ["bad_2.tif", "empty_3.png"] and all(s["reason"] for s in skipped)
+    assert "2 file(s) skipped" in capsys.readouterr().err
+
+
+def test_no_readable_slice_is_an_error(tmp_path, weight_args, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bad.tif").write_bytes(b"junk")
+    assert main(["infer", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *weight_args]) == 1
+    assert "no readable slice" in capsys.readouterr().err
+
+
+def test_output_inside_the_input_is_neither_read_back_nor_over_an_input(tmp_path, weight_args):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(src / "a.png")
+    before = (src / "a.png").read_bytes()
+    for _ in range(2):  # the second run must not take the first run's masks as inputs
+        assert main(["infer", str(src), "-o", str(src), *weight_args]) == 0
+        assert [r["path"] for r in rows(src)] == ["a.png"]
+    assert (src / "a.png").read_bytes() == before and (src / "masks" / "a.png").is_file()
+
+
+def test_missing_weights_say_which_file_and_what_to_do(tmp_path, capsys):
+    args = ["infer", str(tmp_path), "-o", str(tmp_path / "o"), "--segmentation-weights", str(tmp_path / "no.pt")]
+    assert main(args) == 2
+    assert str(tmp_path / "no.pt") in capsys.readouterr().err
