@@ -48,6 +48,28 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from bt_monai.apps.evaluate import HEADLINE_METRICS, evaluate_dataset
+    from bt_monai.inferers.predictor import bundle_provenance
+
+    predictor = _predictor(args)
+    provenance = bundle_provenance(
+        args.segmentation_bundle, args.classification_bundle, args.segmentation_weights, args.classification_weights
+    )
+    metrics = evaluate_dataset(predictor, args.dataset, args.output, provenance, args.batch_size, args.bootstrap)
+    ci = metrics["confidence_intervals"]
+    print(f"{'task':<13}{'metric':<26}{'value':>8}   95% interval (patient bootstrap)")
+    for group, names in HEADLINE_METRICS.items():
+        for name in names:
+            value, interval = metrics[group].get(name), ci.get(f"{group}.{name}")
+            shown = "undefined" if value is None else f"{value:.4f}"
+            span = f"{interval[0]:.4f} to {interval[1]:.4f}" if interval else ""
+            print(f"{group:<13}{name:<26}{shown:>8}   {span}")
+    counts = metrics["evaluated"]["dataset_counts"]
+    print(f"{counts['evaluated_slices']} slices of {counts['patients']} patients; report: {args.output}/report.html")
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segmentation-bundle", default=str(SEGMENTATION_BUNDLE), help="segmentation bundle folder")
     p.add_argument("--classification-bundle", default=str(CLASSIFICATION_BUNDLE), help="detection bundle folder")
@@ -87,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="output folder (created)")
     _add_model_options(p)
     p.set_defaults(func=_infer)
+
+    p = commands.add_parser(
+        "evaluate",
+        help="evaluate both models on a dataset with masks: metrics.json, CSVs, figures, report.html",
+        description="Evaluate both models on DATASET (kaggle_3m layout, with masks). Writes OUT/metrics.json, "
+        "OUT/per_slice.csv, OUT/per_patient.csv, PNG figures and OUT/report.html (self-contained).",
+    )
+    p.add_argument("dataset", help="the dataset folder (one folder per patient, with masks)")
+    p.add_argument("--output", "-o", required=True, help="output folder (created)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="patient bootstrap resamples for the intervals")
+    _add_model_options(p)
+    p.set_defaults(func=_evaluate)
     return parser
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "load_weights",
     "load_bundle_network",
     "TumorPredictor",
+    "bundle_provenance",
 ]
 
 BUNDLE_ROOT = Path(os.environ.get("BT_MONAI_BUNDLE_ROOT", Path(__file__).resolve().parents[2] / "bundle"))
@@ -241,3 +242,26 @@ class TumorPredictor:
             size = tuple(int(s) for s in image.meta["spatial_shape"][:2])
             mask = self.to_mask(probability_map, size, float(probability))
             yield SlicePrediction(path, float(probability), mask, self.threshold)
+
+
+def bundle_provenance(
+    segmentation_bundle: str | os.PathLike = SEGMENTATION_BUNDLE,
+    classification_bundle: str | os.PathLike = CLASSIFICATION_BUNDLE,
+    segmentation_weights: str | os.PathLike | None = None,
+    classification_weights: str | os.PathLike | None = None,
+) -> dict:
+    """What a prediction was made with: each bundle's folder and version, its weights file and their SHA-256."""
+    import hashlib
+    import json
+
+    def info(bundle, weights) -> dict:
+        bundle = Path(bundle)
+        weights = Path(weights or bundle / "models" / "model.pt")
+        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+        return {"bundle": str(bundle), "version": meta.get("version"), "weights": str(weights), "sha256": digest}
+
+    return {
+        "segmentation_model": info(segmentation_bundle, segmentation_weights),
+        "detection_model": info(classification_bundle, classification_weights),
+    }
