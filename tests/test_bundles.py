@@ -97,6 +97,10 @@ def test_train_then_evaluate_then_infer(name, tmp_path, synthetic):
     key = "val_patient_dice" if "segmentation" in name else "val_accuracy"
     assert 0.0 <= float(metrics[key]) <= 1.0
     assert (root / "eval" / f"{key if 'classification' in name else 'val_dice_tumor_slices'}_raw.csv").is_file()
+    report = json.loads((root / "eval" / "metrics.json").read_text())  # the same report as bt_monai evaluate
+    task = "segmentation" if "segmentation" in name else "detection"
+    assert set(report) == {task, "confidence_intervals", "evaluated"} and report["evaluated"]["split"] == "test"
+    assert (root / "eval" / "report.html").is_file() and (root / "eval" / "per_patient.csv").is_file()
 
     out = tmp_path / "predictions"
     inf = workflow(root, "inference", workflow_type=None, dataset_dir=str(synthetic / "SYNTHETIC_0000_20000101"))

@@ -33,7 +33,7 @@ from bt_monai.metrics import (
 )
 from bt_monai.transforms import BinarizeMask, LoadSlice
 
-__all__ = ["SliceResult", "summarize", "evaluate_dataset", "HEADLINE_METRICS"]
+__all__ = ["SliceResult", "summarize", "evaluate_dataset", "write_report", "HEADLINE_METRICS"]
 
 HEADLINE_METRICS = {
     "detection": ("accuracy", "sensitivity", "specificity", "roc_auc"),
@@ -198,9 +198,6 @@ def evaluate_dataset(
     seed: int = 0,
 ) -> dict:
     """Evaluate both models on a kaggle_3m-style dataset with masks and write the report under ``output``."""
-    from bt_monai.apps import report
-
-    output = Path(output).expanduser()
     records = {r.image: r for r in discover_kaggle3m(dataset)}
     load, binarize = LoadSlice(), BinarizeMask()
     slices: list[SliceResult] = []
@@ -239,10 +236,7 @@ def evaluate_dataset(
         )
     if not slices:
         raise ValueError(f"no slice of {dataset} could be evaluated ({len(skipped)} skipped)")
-    metrics, per_patient = summarize(slices, predictor.threshold, n_bootstrap, seed)
-    metrics["evaluated"] = {
-        "bt_monai_version": bt_monai.__version__,
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    evaluated = {
         "dataset": str(Path(dataset).expanduser().resolve()),
         "dataset_counts": {
             "patients": len({r.patient_id for r in records.values()}),
@@ -252,8 +246,40 @@ def evaluate_dataset(
             "skipped_files": len(skipped),
         },
         **(provenance or {}),
+    }
+    return write_report(output, slices, predictor.threshold, evaluated, n_bootstrap, seed, predictor, skipped)
+
+
+def write_report(
+    output: str | os.PathLike,
+    slices: Sequence[SliceResult],
+    threshold: float,
+    evaluated: dict,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    predictor: TumorPredictor | None = None,
+    skipped: Sequence[tuple[str, str]] = (),
+    tasks: Sequence[str] = ("detection", "segmentation"),
+) -> dict:
+    """Summarize ``slices`` and write metrics.json, the CSVs, the figures and report.html under ``output``.
+
+    ``tasks`` limits metrics.json to the tasks that were evaluated (a bundle evaluates one). The overlay
+    gallery needs a ``predictor`` to redraw the slices; without one it is left out.
+    """
+    from bt_monai.apps import report
+
+    output = Path(output).expanduser()
+    metrics, per_patient = summarize(slices, threshold, n_bootstrap, seed)
+    metrics = {k: v for k, v in metrics.items() if k not in ("detection", "segmentation") or k in tasks}
+    metrics["confidence_intervals"] = {
+        k: v for k, v in metrics["confidence_intervals"].items() if k.split(".")[0] in tasks
+    }
+    metrics["evaluated"] = {
+        "bt_monai_version": bt_monai.__version__,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **evaluated,
         "bootstrap": {"resamples": n_bootstrap, "unit": "patient", "seed": seed},
-        "threshold": predictor.threshold,
+        "threshold": threshold,
     }
     metrics = json.loads(json.dumps(metrics, default=float), parse_constant=lambda c: None)  # NaN -> null
     output.mkdir(parents=True, exist_ok=True)

@@ -120,12 +120,15 @@ def _mask_of(image_path: str) -> str:
     return str(_mask_for(Path(image_path)))
 
 
-def write_figures(output: Path, slices: Sequence, per_patient: dict, metrics: dict, predictor) -> None:
-    """The four PNG figures of :data:`FIGURES`."""
-    _confusion(output, metrics["detection"])
-    _roc(output, slices, metrics["detection"])
-    _dice_distribution(output, per_patient)
-    _gallery(output, slices, predictor)
+def write_figures(output: Path, slices: Sequence, per_patient: dict, metrics: dict, predictor=None) -> None:
+    """The PNG figures of :data:`FIGURES` for the tasks in ``metrics`` (the gallery needs a predictor)."""
+    if "detection" in metrics:
+        _confusion(output, metrics["detection"])
+        _roc(output, slices, metrics["detection"])
+    if "segmentation" in metrics:
+        _dice_distribution(output, per_patient)
+        if predictor is not None:
+            _gallery(output, slices, predictor)
 
 
 def _fmt(value) -> str:
@@ -147,7 +150,7 @@ def write_html(output: Path, metrics: dict, per_patient: dict) -> None:
     ci = metrics.get("confidence_intervals", {})
     headline = []
     for group in ("detection", "segmentation"):
-        for key, value in metrics[group].items():
+        for key, value in metrics.get(group, {}).items():
             if isinstance(value, (int, float)) or value is None:
                 interval = ci.get(f"{group}.{key}")
                 shown = "" if not interval else f"{interval[0]:.4f} to {interval[1]:.4f}"
@@ -173,7 +176,7 @@ img {{ max-width: 640px; }}
 pre {{ background: #f7f7f7; padding: 1em; }}
 </style></head><body>
 <h1>bt_monai evaluation report</h1>
-<p>Detection is per slice at threshold {_fmt(metrics["detection"].get("threshold"))}. Dice per patient pools all
+<p>Detection is per slice at threshold {_fmt(metrics["evaluated"].get("threshold"))}. Dice per patient pools all
 slices of a patient into one volume; Dice over tumor slices averages slices whose ground truth has tumor.
 Intervals: 95%, bootstrap over patients. Research use only, not for diagnosis.</p>
 <h2>Metrics</h2>

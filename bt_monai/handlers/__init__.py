@@ -2,11 +2,13 @@
 
 from bt_monai.handlers.checkpoint import AtomicDiskSaver, CheckpointSaver, keep_previous_model
 from bt_monai.handlers.metrics import ClassificationHandler, PatientVolumeHandler, SliceSegmentationHandler
+from bt_monai.handlers.report import EvaluationReportHandler
 
 __all__ = [
     "AtomicDiskSaver",
     "CheckpointSaver",
     "ClassificationHandler",
+    "EvaluationReportHandler",
     "PatientVolumeHandler",
     "SliceSegmentationHandler",
     "keep_previous_model",

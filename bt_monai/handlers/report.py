@@ -1,0 +1,76 @@
+"""A handler that gives a bundle's evaluation the same report as ``python -m bt_monai evaluate``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = ["EvaluationReportHandler"]
+
+
+class EvaluationReportHandler:
+    """Collect per-slice results while a MONAI evaluator runs, then write metrics.json, per_slice.csv,
+    per_patient.csv, the figures and report.html under ``output_dir`` (see :mod:`bt_monai.apps.evaluate`).
+
+    Args:
+        output_dir: where to write.
+        task: ``"segmentation"`` (``pred`` and ``label`` are binary masks, compared at the network's
+            resolution) or ``"detection"`` (``pred`` is the tumor probability, ``label`` 0/1).
+        threshold: the decision threshold the report states (and applies to probabilities).
+        n_bootstrap: patient bootstrap resamples for the 95% intervals.
+        patient_key: the batch key with the patient id (the image's folder name when absent).
+        evaluated: what was evaluated (dataset, split, weights...), copied into metrics.json.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        task: str = "segmentation",
+        threshold: float = 0.5,
+        n_bootstrap: int = 1000,
+        patient_key: str = "patient_id",
+        evaluated: dict | None = None,
+    ) -> None:
+        if task not in ("segmentation", "detection"):
+            raise ValueError(f"task must be 'segmentation' or 'detection', got {task!r}")
+        self.output_dir, self.task, self.threshold = output_dir, task, threshold
+        self.n_bootstrap, self.patient_key, self.evaluated = n_bootstrap, patient_key, dict(evaluated or {})
+        self.slices: list = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: self.slices.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def iteration_completed(self, engine: Engine) -> None:
+        from bt_monai.apps.evaluate import SliceResult
+        from bt_monai.metrics import segmentation_counts
+
+        batch, output = engine.state.batch, engine.state.output
+        for item, out in zip(batch, output, strict=True):
+            meta = getattr(item["image"], "meta", {})
+            path = str(meta.get("filename_or_obj", f"slice_{len(self.slices)}"))
+            patient = str(item.get(self.patient_key) or Path(path).parent.name)
+            index = int(item.get("slice_index", len(self.slices)))
+            pred, label = out["pred"].detach().cpu(), out["label"].detach().cpu()
+            if self.task == "segmentation":
+                tp, fp, fn, tn = segmentation_counts(pred[None], label[None])[0].int().tolist()
+                truth, called = int(tp + fn > 0), int(tp + fp > 0)
+                probability = float(called)
+            else:
+                tp = fp = fn = tn = 0
+                probability = float(torch.as_tensor(pred).reshape(-1)[0])
+                truth, called = int(round(float(torch.as_tensor(label).reshape(-1)[0]))), 0
+                called = int(probability >= self.threshold)
+            self.slices.append(SliceResult(patient, index, path, truth, probability, called, tp, fp, fn, tn))
+
+    def completed(self, engine: Engine) -> None:
+        from bt_monai.apps.evaluate import write_report
+
+        if self.slices:
+            write_report(
+                self.output_dir, self.slices, self.threshold, self.evaluated, self.n_bootstrap, tasks=(self.task,)
+            )
