@@ -63,7 +63,7 @@ class EvaluationReportHandler:
             else:
                 tp = fp = fn = tn = 0
                 probability = float(torch.as_tensor(pred).reshape(-1)[0])
-                truth, called = int(round(float(torch.as_tensor(label).reshape(-1)[0]))), 0
+                truth = int(round(float(torch.as_tensor(label).reshape(-1)[0])))
                 called = int(probability >= self.threshold)
             self.slices.append(SliceResult(patient, index, path, truth, probability, called, tp, fp, fn, tn))
 
