@@ -85,6 +85,7 @@ def _dice_distribution(output: Path, per_patient: dict) -> None:
 
 
 def _gallery(output: Path, slices, predictor) -> None:
+    from bt_monai.data import mask_path_for
     from bt_monai.metrics import dice_from_counts
     from bt_monai.transforms import BinarizeMask, LoadSlice
 
@@ -99,7 +100,7 @@ def _gallery(output: Path, slices, predictor) -> None:
     for row, (label, s) in enumerate(picks):
         image = load(s.path)
         gray = image[1 if image.shape[0] >= 3 else 0].numpy().T
-        truth = BinarizeMask()(load(_mask_of(s.path)))[0].numpy().T > 0
+        truth = BinarizeMask()(load(mask_path_for(s.path)))[0].numpy().T > 0
         pred = predictions[s.path].mask > 0
         overlay = np.stack([gray / max(float(gray.max()), 1e-6)] * 3, -1)
         overlay[outline(truth)] = (0.1, 0.9, 0.1)
@@ -112,12 +113,6 @@ def _gallery(output: Path, slices, predictor) -> None:
     for ax in axes.ravel():
         ax.axis("off")
     _save(fig, output / "overlay_gallery.png")
-
-
-def _mask_of(image_path: str) -> str:
-    from bt_monai.data.discovery import _mask_for
-
-    return str(_mask_for(Path(image_path)))
 
 
 def write_figures(output: Path, slices: Sequence, per_patient: dict, metrics: dict, predictor=None) -> None:

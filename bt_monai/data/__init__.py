@@ -15,6 +15,7 @@ from bt_monai.data.discovery import (
     discover_kaggle3m,
     is_mask_file,
     mask_has_tumor,
+    mask_path_for,
 )
 from bt_monai.data.readers import DicomSliceReader, NiftiSliceReader, TiffReader, slice_format
 from bt_monai.data.synthetic import make_synthetic_kaggle3m
@@ -34,6 +35,7 @@ __all__ = [
     "make_synthetic_kaggle3m",
     "make_datalist",
     "mask_has_tumor",
+    "mask_path_for",
     "slice_format",
     "split_patients",
     "write_datalist",

@@ -16,7 +16,15 @@ import numpy as np
 
 from bt_monai.data.readers import slice_format, strip_image_suffix
 
-__all__ = ["DatasetError", "SliceRecord", "discover_kaggle3m", "discover_images", "is_mask_file", "mask_has_tumor"]
+__all__ = [
+    "DatasetError",
+    "SliceRecord",
+    "discover_kaggle3m",
+    "discover_images",
+    "is_mask_file",
+    "mask_has_tumor",
+    "mask_path_for",
+]
 
 _MASK_RE = re.compile(r"_mask(\.[^.]+)+$", re.IGNORECASE)
 _SLICE_RE = re.compile(r"^(?P<stem>.+)_(?P<index>\d+)(?P<suffix>(\.[^.]+)+)$")
@@ -54,7 +62,9 @@ def mask_has_tumor(mask_path: str | os.PathLike, loader: Callable | None = None)
     return bool(np.asarray(loader(mask_path)).any())
 
 
-def _mask_for(image: Path) -> Path:
+def mask_path_for(image: str | os.PathLike) -> Path:
+    """The kaggle_3m mask file of an image: ``<name>_mask`` plus the image's extension, beside it."""
+    image = Path(image)
     stem = strip_image_suffix(image.name)
     return image.with_name(stem + "_mask" + image.name[len(stem) :])
 
@@ -86,7 +96,7 @@ def discover_kaggle3m(root: str | os.PathLike) -> list[SliceRecord]:
                 )
             slices.append((int(match["index"]), image))
         for index, image in sorted(slices):
-            mask = _mask_for(image)
+            mask = mask_path_for(image)
             if not mask.is_file():
                 missing.append(image)
                 continue

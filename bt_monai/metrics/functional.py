@@ -96,19 +96,24 @@ def _safe(numerator: float, denominator: float) -> float:
 def classification_summary(
     probabilities: Sequence[float], labels: Sequence[int], threshold: float = 0.5
 ) -> dict[str, float | list[list[int]]]:
-    """accuracy, sensitivity, specificity, precision, f1, roc_auc and the confusion matrix."""
+    """accuracy, sensitivity, specificity, precision, f1, roc_auc (with ``roc_auc_undefined_reason`` when it is
+    NaN) and the confusion matrix."""
     (tn, fp), (fn, tp) = confusion_matrix(probabilities, labels, threshold)
     precision, sensitivity = _safe(tp, tp + fp), _safe(tp, tp + fn)
     f1 = _safe(2 * tp, 2 * tp + fp + fn)
-    return {
+    auc, reason = roc_auc(probabilities, labels)
+    summary = {
         "accuracy": _safe(tp + tn, tp + tn + fp + fn),
         "sensitivity": sensitivity,
         "specificity": _safe(tn, tn + fp),
         "precision": precision,
         "f1": f1,
-        "roc_auc": roc_auc(probabilities, labels)[0],
+        "roc_auc": auc,
         "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
     }
+    if reason:
+        summary["roc_auc_undefined_reason"] = reason
+    return summary
 
 
 def roc_auc(probabilities: Sequence[float], labels: Sequence[int]) -> tuple[float, str | None]:
