@@ -7,7 +7,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from bt_monai.data import DatasetError, make_datalist, write_datalist
+from bt_monai.data import DatasetError, make_datalist, patients_in_split, write_datalist
 from bt_monai.inferers.predictor import CLASSIFICATION_BUNDLE, SEGMENTATION_BUNDLE, WeightsError
 
 
@@ -26,6 +26,10 @@ def _predictor(args: argparse.Namespace):
     overrides = {"amp": False} if args.no_amp else {}
     if args.device:
         overrides["device"] = args.device
+    if args.min_component_px is not None:
+        overrides["min_component_px"] = args.min_component_px
+    if args.gate_masks is not None:
+        overrides["gate_masks"] = args.gate_masks == "on"
     return TumorPredictor.from_bundles(
         args.segmentation_bundle,
         args.classification_bundle,
@@ -56,7 +60,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     provenance = bundle_provenance(
         args.segmentation_bundle, args.classification_bundle, args.segmentation_weights, args.classification_weights
     )
-    metrics = evaluate_dataset(predictor, args.dataset, args.output, provenance, args.batch_size, args.bootstrap)
+    patients = None
+    if args.split or args.split_file:
+        if not (args.split and args.split_file):
+            raise ValueError(
+                "--split and --split-file go together: e.g. --split test --split-file configs/lgg_split.json"
+            )
+        patients = patients_in_split(args.split_file, args.split)
+    metrics = evaluate_dataset(
+        predictor, args.dataset, args.output, provenance, args.batch_size, args.bootstrap, patients=patients
+    )
     ci = metrics["confidence_intervals"]
     print(f"{'task':<13}{'metric':<26}{'value':>8}   95% interval (patient bootstrap)")
     for group, names in HEADLINE_METRICS.items():
@@ -70,6 +83,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curves(args: argparse.Namespace) -> int:
+    from bt_monai.apps.curves import plot_training_curves
+
+    print(f"wrote {plot_training_curves(args.log_dir, args.output, args.title)}")
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segmentation-bundle", default=str(SEGMENTATION_BUNDLE), help="segmentation bundle folder")
     p.add_argument("--classification-bundle", default=str(CLASSIFICATION_BUNDLE), help="detection bundle folder")
@@ -78,6 +98,16 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="slices per batch (16)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
     p.add_argument("--no-amp", action="store_true", help="plain float32 (no bf16/fp16 autocast)")
+    p.add_argument(
+        "--min-component-px",
+        type=int,
+        help="drop mask components smaller than this many pixels (default: the segmentation bundle's setting)",
+    )
+    p.add_argument(
+        "--gate-masks",
+        choices=("on", "off"),
+        help="clear the mask of slices the detector calls tumor-free (default: the segmentation bundle's setting)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,8 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="the dataset folder (one folder per patient, with masks)")
     p.add_argument("--output", "-o", required=True, help="output folder (created)")
     p.add_argument("--bootstrap", type=int, default=1000, help="patient bootstrap resamples for the intervals")
+    p.add_argument("--split", choices=("training", "validation", "test"), help="evaluate only this split's patients")
+    p.add_argument("--split-file", help="the split record naming the patients of --split (e.g. configs/lgg_split.json)")
     _add_model_options(p)
     p.set_defaults(func=_evaluate)
+
+    p = commands.add_parser(
+        "curves",
+        help="draw a bundle training run's loss and validation metrics (TensorBoard logs) as a PNG",
+        description="Read the TensorBoard event files a bundle run wrote under its output_dir and draw the "
+        "per-epoch training loss and metrics into one PNG.",
+    )
+    p.add_argument("log_dir", help="the run's output_dir (holds events.out.tfevents.*)")
+    p.add_argument("--output", "-o", required=True, help="the PNG to write")
+    p.add_argument("--title", default="", help="figure title")
+    p.set_defaults(func=_curves)
     return parser
 
 

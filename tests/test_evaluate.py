@@ -199,3 +199,30 @@ def test_cli_evaluates_with_given_weights_and_prints_a_summary(tmp_path, capsys)
     assert "dice_per_patient_mean" in printed and "report.html" in printed
     evaluated_ = json.loads((tmp_path / "out" / "metrics.json").read_text())["evaluated"]
     assert len(evaluated_["segmentation_model"]["sha256"]) == 64 and evaluated_["detection_model"]["version"]
+
+
+def test_split_option_evaluates_only_that_splits_patients(tmp_path, capsys):
+    build(tmp_path / "data")
+    patients = sorted(p.name for p in (tmp_path / "data").iterdir() if p.is_dir())
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"patients": {"training": patients[1:], "test": patients[:1]}}))
+    torch.manual_seed(0)
+    torch.save(MobileNetV2UNet().state_dict(), tmp_path / "seg.pt")
+    torch.save(MobileNetV2Classifier().state_dict(), tmp_path / "cls.pt")
+    args = ["evaluate", str(tmp_path / "data"), "-o", str(tmp_path / "out"), "--bootstrap", "10"]
+    args += ["--segmentation-weights", str(tmp_path / "seg.pt"), "--classification-weights", str(tmp_path / "cls.pt")]
+    assert main([*args, "--split", "test", "--split-file", str(split)]) == 0
+    per_patient = list(csv.DictReader((tmp_path / "out" / "per_patient.csv").open()))
+    assert [row["patient_id"] for row in per_patient] == patients[:1]
+
+
+def test_split_naming_a_patient_missing_from_the_dataset_is_a_clear_error(tmp_path, capsys):
+    build(tmp_path / "data")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"patients": {"test": ["NOT_THERE_1"]}}))
+    args = ["evaluate", str(tmp_path / "data"), "-o", str(tmp_path / "out"), "--split", "test", "--split-file"]
+    torch.save(MobileNetV2UNet().state_dict(), tmp_path / "seg.pt")
+    torch.save(MobileNetV2Classifier().state_dict(), tmp_path / "cls.pt")
+    weights = ["--segmentation-weights", str(tmp_path / "seg.pt"), "--classification-weights", str(tmp_path / "cls.pt")]
+    assert main([*args, str(split), *weights]) == 2
+    assert "NOT_THERE_1" in capsys.readouterr().err and not (tmp_path / "out").exists()

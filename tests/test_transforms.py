@@ -95,3 +95,16 @@ def test_augmentations_move_image_and_mask_together(real_pair):
         agreement = (warped_image == (d["label"][0] > 0)).float().mean()
         assert agreement > 0.995, seed
     set_determinism(seed=None)
+
+
+def test_remove_small_components_keeps_large_ones_and_the_input_type():
+    from bt_monai.transforms import RemoveSmallComponents, RemoveSmallComponentsd
+
+    mask = np.zeros((1, 20, 20), np.uint8)
+    mask[0, 2:8, 2:8] = 1  # 36 px, kept
+    mask[0, 15:17, 15:17] = 1  # 4 px, removed
+    out = RemoveSmallComponents(10)(mask)
+    assert out.dtype == np.uint8 and out.sum() == 36 and out[0, 15:17, 15:17].sum() == 0
+    tensor = RemoveSmallComponentsd("pred", min_size=10)({"pred": torch.as_tensor(mask, dtype=torch.float32)})["pred"]
+    assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32 and int(tensor.sum()) == 36
+    assert RemoveSmallComponents(0)(mask).sum() == 40

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import bt_monai
 from bt_monai.apps.files import atomic_write_bytes, write_csv
-from bt_monai.data import discover_kaggle3m
+from bt_monai.data import DatasetError, discover_kaggle3m
 from bt_monai.inferers import TumorPredictor
 from bt_monai.metrics import (
     classification_summary,
@@ -190,9 +190,18 @@ def evaluate_dataset(
     batch_size: int = 16,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    patients: Collection[str] | None = None,
 ) -> dict:
-    """Evaluate both models on a kaggle_3m-style dataset with masks and write the report under ``output``."""
+    """Evaluate both models on a kaggle_3m-style dataset with masks and write the report under ``output``.
+
+    ``patients``: evaluate only these patients (e.g. a split's test patients); all of them must be in ``dataset``.
+    """
     records = {r.image: r for r in discover_kaggle3m(dataset)}
+    if patients is not None:
+        missing = sorted(set(patients) - {r.patient_id for r in records.values()})
+        if missing:
+            raise DatasetError(f"{len(missing)} patient(s) to evaluate are not in {dataset}: {', '.join(missing[:5])}")
+        records = {image: r for image, r in records.items() if r.patient_id in set(patients)}
     load, binarize = LoadSlice(), BinarizeMask()
     slices: list[SliceResult] = []
     skipped: list[tuple[str, str]] = []

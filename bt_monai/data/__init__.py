@@ -5,6 +5,7 @@ from bt_monai.data.datalist import (
     datalist_entry,
     load_or_make_datalist,
     make_datalist,
+    patients_in_split,
     split_patients,
     write_datalist,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "make_datalist",
     "mask_has_tumor",
     "mask_path_for",
+    "patients_in_split",
     "slice_format",
     "split_patients",
     "write_datalist",

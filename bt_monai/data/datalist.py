@@ -19,6 +19,7 @@ import numpy as np
 from bt_monai.data.discovery import DatasetError, SliceRecord, discover_kaggle3m
 
 __all__ = [
+    "patients_in_split",
     "SPLITS",
     "datalist_entry",
     "load_or_make_datalist",
@@ -172,3 +173,27 @@ def load_or_make_datalist(
                         entry[key] = str(path.parent / entry[key])
         return _check_entries(datalist, path)
     return _check_entries(make_datalist(path, val_fraction, test_fraction, seed), path)
+
+
+def patients_in_split(split_file: str | os.PathLike, split: str) -> list[str]:
+    """The patient IDs of ``split`` in a split record such as ``configs/lgg_split.json`` or a datalist.
+
+    A split record lists ``{"patients": {split: [ids]}}``; a datalist written by ``bt_monai datalist`` lists
+    entries with a ``patient_id`` under each split.
+    """
+    path = Path(split_file).expanduser()
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise DatasetError(f"split file not found: {path}") from e
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path} is not valid JSON: {e}") from e
+    if isinstance(record.get("patients"), dict):
+        patients = list(record["patients"].get(split, []))
+    else:
+        patients = sorted({e["patient_id"] for e in record.get(split, []) if "patient_id" in e})
+    if not patients:
+        raise DatasetError(f"{path} names no patient in its {split!r} split")
+    return patients

@@ -18,10 +18,9 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
-from scipy import ndimage
 
 from bt_monai.inferers.autocast import AutocastInferer
-from bt_monai.transforms import slice_preprocessing
+from bt_monai.transforms import RemoveSmallComponents, slice_preprocessing
 
 __all__ = [
     "BUNDLE_ROOT",
@@ -102,7 +101,7 @@ def load_bundle_network(
     load_weights(network, weights or bundle / "models" / "model.pt")
     settings = {
         key: parser.get_parsed_content(key)
-        for key in ("input_mode", "spatial_size", "threshold", "channels_last", "amp")
+        for key in ("input_mode", "spatial_size", "threshold", "channels_last", "amp", "gate_masks", "min_component_px")
         if key in parser
     }
     settings["weights"] = str(weights or bundle / "models" / "model.pt")
@@ -181,7 +180,9 @@ class TumorPredictor:
                     f"the bundles disagree on {key} ({seg.get(key)} vs {det.get(key)}): one preprocessing "
                     "serves both models, so retrain one of them or pass the setting explicitly"
                 )
-        settings = {k: seg[k] for k in ("input_mode", "spatial_size", "threshold", "amp", "channels_last") if k in seg}
+        # Mask post-processing belongs to the segmentation bundle: its inference.json says how its masks are cleaned.
+        keys = ("input_mode", "spatial_size", "threshold", "amp", "channels_last", "gate_masks", "min_component_px")
+        settings = {k: seg[k] for k in keys if k in seg}
         return cls(segmenter, classifier, **{**settings, **kwargs})
 
     def preprocess(self, path: str | os.PathLike) -> torch.Tensor:
@@ -204,10 +205,7 @@ class TumorPredictor:
         mask = (resized >= self.threshold).numpy()
         if self.gate_masks and tumor_probability < self.threshold:
             mask[:] = False
-        if self.min_component_px > 0 and mask.any():
-            labels, n = ndimage.label(mask)
-            sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
-            mask = np.isin(labels, 1 + np.flatnonzero(sizes >= self.min_component_px))
+        mask = RemoveSmallComponents(self.min_component_px)(mask[None])[0]
         return np.ascontiguousarray(mask.T.astype(np.uint8))
 
     def predict_paths(

@@ -7,6 +7,7 @@ from bt_monai.transforms.array import (
     GrayscaleToRGB,
     LoadSlice,
     RandSequenceDropout,
+    RemoveSmallComponents,
     SelectInputChannels,
 )
 from bt_monai.transforms.dictionary import (
@@ -14,6 +15,7 @@ from bt_monai.transforms.dictionary import (
     GrayscaleToRGBd,
     LoadSliced,
     RandSequenceDropoutd,
+    RemoveSmallComponentsd,
     SelectInputChannelsd,
 )
 from bt_monai.transforms.presets import SPATIAL_SIZE, slice_preprocessing, train_augmentations
@@ -30,6 +32,8 @@ __all__ = [
     "LoadSliced",
     "RandSequenceDropout",
     "RandSequenceDropoutd",
+    "RemoveSmallComponents",
+    "RemoveSmallComponentsd",
     "SelectInputChannels",
     "SelectInputChannelsd",
     "slice_preprocessing",

@@ -23,6 +23,7 @@ __all__ = [
     "GrayscaleToRGB",
     "BinarizeMask",
     "RandSequenceDropout",
+    "RemoveSmallComponents",
 ]
 
 FLAIR_CHANNEL = 1
@@ -141,3 +142,33 @@ class RandSequenceDropout(RandomizableTransform):
             if isinstance(img, torch.Tensor)
             else np.repeat(flair, img.shape[0], axis=0)
         )
+
+
+class RemoveSmallComponents(Transform):
+    """Clear connected foreground components smaller than ``min_size`` pixels, channel by channel.
+
+    Input: a binary mask ``(C, *spatial)`` (0/1 or bool, array or tensor); output of the same type, shape and
+    dtype. ``min_size`` 0 or 1 keeps everything. Unlike MONAI's ``RemoveSmallObjects`` it needs no scikit-image;
+    connectivity is 4 in 2D (scipy's default).
+    """
+
+    def __init__(self, min_size: int = 0) -> None:
+        if min_size < 0:
+            raise ValueError(f"min_size must be >= 0, got {min_size}")
+        self.min_size = int(min_size)
+
+    def __call__(self, mask: NdarrayOrTensor) -> NdarrayOrTensor:
+        if self.min_size <= 1:
+            return mask
+        from scipy import ndimage
+
+        array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        keep = np.zeros(array.shape, dtype=bool)
+        for c, channel in enumerate(array > 0):
+            labels, n = ndimage.label(channel)
+            if n:
+                sizes = np.bincount(labels.ravel())
+                keep[c] = (sizes >= self.min_size)[labels] & channel
+        if isinstance(mask, torch.Tensor):
+            return mask * torch.as_tensor(keep, device=mask.device).to(mask.dtype)
+        return (array * keep).astype(array.dtype)

@@ -13,10 +13,18 @@ from bt_monai.transforms.array import (
     GrayscaleToRGB,
     LoadSlice,
     RandSequenceDropout,
+    RemoveSmallComponents,
     SelectInputChannels,
 )
 
-__all__ = ["LoadSliced", "SelectInputChannelsd", "GrayscaleToRGBd", "BinarizeMaskd", "RandSequenceDropoutd"]
+__all__ = [
+    "LoadSliced",
+    "SelectInputChannelsd",
+    "GrayscaleToRGBd",
+    "BinarizeMaskd",
+    "RandSequenceDropoutd",
+    "RemoveSmallComponentsd",
+]
 
 
 class LoadSliced(MapTransform):
@@ -103,4 +111,18 @@ class RandSequenceDropoutd(RandomizableTransform, MapTransform):
             return d
         for key in self.key_iterator(d):
             d[key] = self.dropout(d[key], randomize=True)
+        return d
+
+
+class RemoveSmallComponentsd(MapTransform):
+    """Dictionary version of :class:`RemoveSmallComponents` (e.g. ``keys="pred"`` after ``AsDiscreted``)."""
+
+    def __init__(self, keys: KeysCollection, min_size: int = 0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.remover = RemoveSmallComponents(min_size)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.remover(d[key])
         return d
