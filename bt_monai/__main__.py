@@ -39,9 +39,56 @@ def _predictor(args: argparse.Namespace):
     )
 
 
+def _infer_dicom(args: argparse.Namespace) -> int:
+    from bt_monai.apps.dicom import infer_dicom
+    from bt_monai.inferers.predictor import bundle_provenance
+
+    predictor = _predictor(args)
+    provenance = bundle_provenance(
+        args.segmentation_bundle, args.classification_bundle, args.segmentation_weights, args.classification_weights
+    )
+    run = infer_dicom(
+        predictor,
+        args.input,
+        args.output,
+        all_modalities=args.all_modalities,
+        always_seg=args.always_seg,
+        overwrite=args.overwrite,
+        anonymize=args.anonymize,
+        batch_size=args.batch_size,
+        provenance=provenance,
+    )
+    print(
+        f"{run.series_done} DICOM series ({len(run.processed)} processed now, {len(run.reused)} done earlier), "
+        f"{run.slices} slices, {run.tumor_slices} with tumor; results in {args.output}"
+    )
+    for series in run.skipped_series:
+        print(f"series {series['series_instance_uid']} skipped: {series['reason']}", file=sys.stderr)
+    for warning in run.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if run.skipped:
+        print(f"{len(run.skipped)} file(s) skipped, reasons in {args.output}/skipped.csv", file=sys.stderr)
+    if run.series_done == 0:
+        hint = "; --all-modalities processes other modalities" if run.skipped_series else ""
+        print(
+            f"error: no MR image series could be processed in {args.input} (see {args.output}/summary.json and "
+            f"skipped.csv{hint})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def _infer(args: argparse.Namespace) -> int:
+    from bt_monai.apps.dicom import looks_like_dicom_input
     from bt_monai.apps.infer import infer_folder
 
+    if args.input_type == "dicom" or (args.input_type == "auto" and looks_like_dicom_input(args.input)):
+        return _infer_dicom(args)
+    dicom_only = ("all_modalities", "always_seg", "overwrite", "anonymize")
+    given = [f"--{option.replace('_', '-')}" for option in dicom_only if getattr(args, option)]
+    if given:
+        print(f"note: {', '.join(given)}: for DICOM input only; {args.input} is read as slice images", file=sys.stderr)
     summary = infer_folder(_predictor(args), args.input, args.output, args.batch_size)
     print(f"{summary.slices} slices predicted, {summary.tumor_slices} with tumor; results in {args.output}")
     if summary.skipped:
@@ -133,10 +180,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run both models on INPUT (one image; a folder of TIFF/PNG/JPEG/DICOM/NIfTI slices, any "
         "nesting; or a kaggle_3m dataset, whose mask files are not inputs). Writes OUT/predictions.csv (path, "
         "tumor_probability, tumor, tumor_area_px), OUT/masks/<path>.png (0/255, at each slice's size) and "
-        "OUT/skipped.csv for unreadable files.",
+        "OUT/skipped.csv for unreadable files. A DICOM folder (any nesting and file names, DICOMDIR allowed) is "
+        "read series by series instead: per series OUT/<series>/seg.dcm (DICOM SEG), mask.nii.gz and overlays/*.png; "
+        "OUT/predictions.csv with DICOM UIDs, OUT/summary.json (per series, tumor volume in mm3), OUT/skipped.csv.",
     )
-    p.add_argument("input", help="a slice file or a folder")
+    p.add_argument("input", help="a slice file, a folder, or a DICOM folder / DICOMDIR")
     p.add_argument("--output", "-o", required=True, help="output folder (created)")
+    p.add_argument(
+        "--input-type",
+        choices=("auto", "dicom", "slices"),
+        default="auto",
+        help="auto (default): DICOM when INPUT is a DICOM file or DICOMDIR, or a folder with a DICOMDIR or mostly "
+        "DICOM files; dicom: always read series; slices: every file is one independent slice",
+    )
+    dicom = p.add_argument_group("DICOM input")
+    dicom.add_argument(
+        "--all-modalities", action="store_true", help="also process series that are not MR (skipped by default)"
+    )
+    dicom.add_argument(
+        "--always-seg", action="store_true", help="write a DICOM SEG even when no tumor pixel was found (empty)"
+    )
+    dicom.add_argument(
+        "--overwrite", action="store_true", help="redo series that an earlier run into OUT already finished"
+    )
+    dicom.add_argument(
+        "--anonymize",
+        action="store_true",
+        help="no PatientID / PatientName in predictions.csv, summary.json or the series folder names",
+    )
     _add_model_options(p)
     p.set_defaults(func=_infer)
 
@@ -173,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r"Divide by zero \(a_min == a_max\)")
     try:
         return args.func(args)
-    except (DatasetError, WeightsError, FileNotFoundError, ValueError) as e:
+    except (DatasetError, WeightsError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

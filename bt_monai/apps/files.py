@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["atomic_write_bytes", "write_csv", "write_mask_png", "inside"]
+__all__ = ["atomic_write_bytes", "write_csv", "write_mask_png", "inside", "safe_name"]
+
+_UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str, max_length: int = 80) -> str:
+    """A file or folder name made from untrusted text (e.g. DICOM PatientID, SeriesDescription).
+
+    Only ASCII letters, digits, ``.``, ``_`` and ``-`` are kept (accents are dropped, anything else becomes
+    ``_``): no path separator, no control character, no ``..``, no leading dot or dash, at most
+    ``max_length`` characters. The result may be empty: the caller adds something that identifies it.
+    """
+    text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
+    text = re.sub(r"\.{2,}", ".", _UNSAFE_CHARACTERS.sub("_", text))
+    return text.strip("._-")[:max_length].rstrip("._-")
 
 
 def inside(path: Path, folder: Path) -> bool:

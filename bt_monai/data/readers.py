@@ -25,6 +25,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "TiffReader",
     "DicomSliceReader",
+    "invert_monochrome1",
     "NiftiSliceReader",
     "slice_format",
     "strip_image_suffix",
@@ -137,9 +138,17 @@ class DicomSliceReader(PydicomReader):
     def _get_array_data(self, img, filename):
         data = super()._get_array_data(img, filename)
         if str(getattr(img, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-            data = data.astype(np.float32)
-            data = data.max() + data.min() - data
+            data = invert_monochrome1(data)
         return data
+
+
+def invert_monochrome1(data: np.ndarray) -> np.ndarray:
+    """MONOCHROME1 (bright = low value) to MONOCHROME2 within the array's own range, as float32.
+
+    One definition for every DICOM path (single slices, series, multi-frame objects), so that they agree.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    return data.max() + data.min() - data
 
 
 class NiftiSliceReader(NibabelReader):

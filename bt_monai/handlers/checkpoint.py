@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,15 +60,17 @@ class CheckpointSaver(MonaiCheckpointSaver):
 
 
 def keep_previous_model(path: str | os.PathLike, resume: bool = False) -> Path | None:
-    """Before a new training run overwrites ``path`` (e.g. the shipped ``models/model.pt``), rename it aside.
+    """Before a new training run overwrites ``path`` (e.g. the shipped ``models/model.pt``), copy it aside.
 
-    The old file becomes ``model.<UTC time>.pt`` next to it and the new path is logged; nothing is lost. A
-    resumed run continues the run that wrote ``path``, so the file is left in place.
+    The old file is kept as ``model.<UTC time>.pt`` next to it and the copy is logged; nothing is lost. It is
+    copied, not moved: a run that starts from these weights (MONAI Label's fine-tuning loads ``model.pt`` when
+    training starts) still finds them, and until the new run saves its first model, ``path`` stays usable. A
+    resumed run continues the run that wrote ``path``, so nothing is copied.
     """
     path = Path(path)
     if resume or not path.is_file():
         return None
     kept = path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}{path.suffix}")
-    os.replace(path, kept)
+    shutil.copy2(path, kept)
     logging.getLogger("bt_monai").warning(f"training writes a new {path.name}: the previous one is kept as {kept}")
     return kept

@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
+from monai.data import MetaTensor
 from monai.transforms import Compose
+from monai.utils import MetaKeys
 
 from bt_monai.inferers.autocast import AutocastInferer
-from bt_monai.transforms import RemoveSmallComponents, slice_preprocessing
+from bt_monai.transforms import slice_preprocessing
+from bt_monai.transforms.volume import probability_to_mask
 
 __all__ = [
     "BUNDLE_ROOT",
@@ -145,7 +148,7 @@ class TumorPredictor:
         self,
         segmenter: torch.nn.Module,
         classifier: torch.nn.Module,
-        input_mode: str = "flair",
+        input_mode: str = "all",
         spatial_size: tuple[int, int] = (224, 224),
         threshold: float = 0.5,
         gate_masks: bool = False,
@@ -161,6 +164,10 @@ class TumorPredictor:
         self.threshold, self.gate_masks, self.min_component_px = threshold, gate_masks, min_component_px
         self.inferer = AutocastInferer(enabled=amp, channels_last=channels_last)
         self.preprocessing = Compose(slice_preprocessing("image", input_mode=input_mode, spatial_size=spatial_size))
+        # The same transforms minus the loading step, for pixels decoded elsewhere (DICOM series, multi-frame).
+        self.array_preprocessing = Compose(
+            slice_preprocessing("image", input_mode=input_mode, spatial_size=spatial_size, load=False)
+        )
 
     @classmethod
     def from_bundles(
@@ -189,23 +196,37 @@ class TumorPredictor:
         """The network input ``(3, H, W)`` of one slice file (metadata keeps its original size)."""
         return self.preprocessing({"image": str(path)})["image"]
 
+    def preprocess_array(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The network input ``(3, H, W)`` of already decoded pixels, through the same transforms as files.
+
+        ``image``: channel-first ``(C, W, H)`` in MONAI's axis order (as :class:`bt_monai.transforms.LoadSlice`
+        returns it: first spatial axis = image column), C = 1 (grayscale, taken as FLAIR), 3 or 4, any value
+        range (e.g. rescaled DICOM values). The same pixels as a file give the same input as :meth:`preprocess`.
+        """
+        if image.ndim != 3:
+            raise ValueError(f"expected a channel-first (C, W, H) slice, got an array of shape {tuple(image.shape)}")
+        tensor = torch.as_tensor(np.asarray(image, dtype=np.float32) if isinstance(image, np.ndarray) else image)
+        # LoadSlice gives float32 with the original spatial shape in the metadata: start from the same state.
+        meta = {MetaKeys.SPATIAL_SHAPE: np.asarray(tensor.shape[1:])}
+        return self.array_preprocessing({"image": MetaTensor(tensor.float(), meta=meta)})["image"]
+
     @torch.no_grad()
     def predict_tensors(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tumor probabilities ``(B,)`` and per-pixel probabilities ``(B, 1, H, W)`` of a preprocessed batch."""
         images = images.to(self.device)
-        detection = torch.sigmoid(self.inferer(images, self.classifier)).reshape(-1)
         segmentation = torch.sigmoid(self.inferer(images, self.segmenter))
-        return detection.cpu(), segmentation.cpu()
+        return self.tumor_probabilities(images), segmentation.cpu()
+
+    @torch.no_grad()
+    def tumor_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Tumor probabilities ``(B,)`` of a preprocessed batch: the detection model alone (e.g. to rank slices)."""
+        return torch.sigmoid(self.inferer(images.to(self.device), self.classifier)).reshape(-1).cpu()
 
     def to_mask(self, probability_map: torch.Tensor, original_size: tuple[int, int], tumor_probability: float):
         """Resize a ``(1, W, H)`` probability map to the slice's ``(W, H)``, threshold, clean; return ``(H, W)``."""
-        resized = torch.nn.functional.interpolate(
-            probability_map[None].float(), size=tuple(int(s) for s in original_size), mode="bilinear"
-        )[0, 0]
-        mask = (resized >= self.threshold).numpy()
+        mask = probability_to_mask(probability_map, original_size, self.threshold, self.min_component_px)
         if self.gate_masks and tumor_probability < self.threshold:
             mask[:] = False
-        mask = RemoveSmallComponents(self.min_component_px)(mask[None])[0]
         return np.ascontiguousarray(mask.T.astype(np.uint8))
 
     def predict_paths(
@@ -219,14 +240,31 @@ class TumorPredictor:
         Streams: at most one batch of slices is held in memory. A file that cannot be read raises, unless
         ``on_error(path, exception)`` is given: then it is reported there and skipped.
         """
+        yield from self._stream(((str(path), path) for path in paths), self.preprocess, batch_size, on_error)
+
+    def predict_arrays(
+        self,
+        images: Iterable[tuple[str, np.ndarray | torch.Tensor]],
+        batch_size: int = 16,
+        on_error: Callable[[str, Exception], None] | None = None,
+    ) -> Iterator[SlicePrediction]:
+        """Predict already decoded slices ``(key, image)`` in batches; like :meth:`predict_paths` otherwise.
+
+        ``image`` is channel-first ``(C, W, H)`` (see :meth:`preprocess_array`); ``key`` names the slice in
+        the yielded :class:`SlicePrediction` (its ``path``) and in ``on_error``. Masks are ``(H, W)``.
+        """
+        items = ((str(key), image) for key, image in images)
+        yield from self._stream(items, self.preprocess_array, batch_size, on_error)
+
+    def _stream(self, items, prepare, batch_size: int, on_error) -> Iterator[SlicePrediction]:
         batch: list[tuple[str, torch.Tensor]] = []
-        for path in paths:
+        for key, item in items:
             try:
-                batch.append((str(path), self.preprocess(path)))
+                batch.append((key, prepare(item)))
             except Exception as e:
                 if on_error is None:
                     raise
-                on_error(str(path), e)
+                on_error(key, e)
             if len(batch) == batch_size:
                 yield from self._run(batch)
                 batch = []

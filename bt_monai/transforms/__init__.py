@@ -19,6 +19,7 @@ from bt_monai.transforms.dictionary import (
     SelectInputChannelsd,
 )
 from bt_monai.transforms.presets import SPATIAL_SIZE, slice_preprocessing, train_augmentations
+from bt_monai.transforms.volume import SlicewisePreprocessd, SlicewiseToMaskd, probability_to_mask
 
 __all__ = [
     "FLAIR_CHANNEL",
@@ -36,6 +37,9 @@ __all__ = [
     "RemoveSmallComponentsd",
     "SelectInputChannels",
     "SelectInputChannelsd",
+    "SlicewisePreprocessd",
+    "SlicewiseToMaskd",
+    "probability_to_mask",
     "slice_preprocessing",
     "train_augmentations",
 ]
