@@ -85,3 +85,17 @@ def tumor_slice(root: Path, patient: str = SUBSET[0]) -> tuple[Path, Path]:
                 best, best_offset = mask, offset
     assert best is not None
     return best.with_name(best.name.replace("_mask", "")), best
+
+
+@pytest.fixture(scope="session")
+def weight_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """CLI options giving both networks seeded random weights (no trained weights needed)."""
+    import torch
+
+    from bt_monai.networks import MobileNetV2Classifier, MobileNetV2UNet
+
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    torch.save(MobileNetV2UNet().state_dict(), folder / "seg.pt")
+    torch.save(MobileNetV2Classifier().state_dict(), folder / "cls.pt")
+    return ["--segmentation-weights", str(folder / "seg.pt"), "--classification-weights", str(folder / "cls.pt")]

@@ -7,20 +7,9 @@ import csv
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 
 from bt_monai.__main__ import main
-from bt_monai.networks import MobileNetV2Classifier, MobileNetV2UNet
-
-
-@pytest.fixture(scope="module")
-def weight_args(tmp_path_factory) -> list[str]:
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    torch.save(MobileNetV2UNet().state_dict(), folder / "seg.pt")
-    torch.save(MobileNetV2Classifier().state_dict(), folder / "cls.pt")
-    return ["--segmentation-weights", str(folder / "seg.pt"), "--classification-weights", str(folder / "cls.pt")]
 
 
 def rows(out) -> list[dict]:

@@ -41,7 +41,7 @@ from bt_monai.apps.files import safe_name
 from bt_monai.apps.infer import infer_folder
 from bt_monai.data.dicom import decode_frame, scan_dicom_folder, to_channel_first
 from bt_monai.inferers import TumorPredictor
-from bt_monai.networks import MobileNetV2Classifier, MobileNetV2UNet
+from bt_monai.networks import MobileNetV2UNet
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:builtin type (Swig|swig):DeprecationWarning"),  # python-gdcm's bindings
@@ -554,15 +554,6 @@ def test_no_seg_without_a_tumor_pixel_unless_always_seg(tmp_path, predictor):
 
 
 # --- the command line and the bundle ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def weight_args(tmp_path_factory) -> list[str]:
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    torch.save(MobileNetV2UNet().state_dict(), folder / "seg.pt")
-    torch.save(MobileNetV2Classifier().state_dict(), folder / "cls.pt")
-    return ["--segmentation-weights", str(folder / "seg.pt"), "--classification-weights", str(folder / "cls.pt")]
 
 
 @pytest.mark.real_data
