@@ -85,12 +85,13 @@ def _infer(args: argparse.Namespace) -> int:
 
     if args.input_type == "dicom" or (args.input_type == "auto" and looks_like_dicom_input(args.input)):
         return _infer_dicom(args)
-    dicom_only = ("all_modalities", "always_seg", "overwrite", "anonymize")
+    dicom_only = ("all_modalities", "always_seg", "anonymize")
     given = [f"--{option.replace('_', '-')}" for option in dicom_only if getattr(args, option)]
     if given:
         print(f"note: {', '.join(given)}: for DICOM input only; {args.input} is read as slice images", file=sys.stderr)
-    summary = infer_folder(_predictor(args), args.input, args.output, args.batch_size)
-    print(f"{summary.slices} slices predicted, {summary.tumor_slices} with tumor; results in {args.output}")
+    summary = infer_folder(_predictor(args), args.input, args.output, args.batch_size, overwrite=args.overwrite)
+    earlier = f" ({summary.reused} of them done by an interrupted earlier run)" if summary.reused else ""
+    print(f"{summary.slices} slices predicted{earlier}, {summary.tumor_slices} with tumor; results in {args.output}")
     if summary.skipped:
         print(f"{len(summary.skipped)} file(s) skipped, reasons in {args.output}/skipped.csv", file=sys.stderr)
     if summary.slices == 0:
@@ -127,6 +128,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"{group:<13}{name:<26}{shown:>8}   {span}")
     counts = metrics["evaluated"]["dataset_counts"]
     print(f"{counts['evaluated_slices']} slices of {counts['patients']} patients; report: {args.output}/report.html")
+    if counts["skipped_files"]:
+        print(f"{counts['skipped_files']} file(s) skipped, reasons in {args.output}/skipped.csv", file=sys.stderr)
     return 0
 
 
@@ -182,7 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
         "tumor_probability, tumor, tumor_area_px), OUT/masks/<path>.png (0/255, at each slice's size) and "
         "OUT/skipped.csv for unreadable files. A DICOM folder (any nesting and file names, DICOMDIR allowed) is "
         "read series by series instead: per series OUT/<series>/seg.dcm (DICOM SEG), mask.nii.gz and overlays/*.png; "
-        "OUT/predictions.csv with DICOM UIDs, OUT/summary.json (per series, tumor volume in mm3), OUT/skipped.csv.",
+        "OUT/predictions.csv with DICOM UIDs, OUT/summary.json (per series, tumor volume in mm3), OUT/skipped.csv. "
+        "Interrupted (crash, kill)? Run the same command again: it continues where it stopped. Slices: an "
+        "interrupted run's finished slices (recorded in OUT/.bt_monai_infer_progress.csv, removed when the run "
+        "completes) are kept when the weights and settings are the same; DICOM: finished series are kept.",
     )
     p.add_argument("input", help="a slice file, a folder, or a DICOM folder / DICOMDIR")
     p.add_argument("--output", "-o", required=True, help="output folder (created)")
@@ -200,8 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     dicom.add_argument(
         "--always-seg", action="store_true", help="write a DICOM SEG even when no tumor pixel was found (empty)"
     )
-    dicom.add_argument(
-        "--overwrite", action="store_true", help="redo series that an earlier run into OUT already finished"
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh: predict everything again, ignoring what an earlier run into OUT finished (slices: an "
+        "interrupted run's progress; DICOM: finished series)",
     )
     dicom.add_argument(
         "--anonymize",

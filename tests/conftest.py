@@ -1,8 +1,10 @@
-"""Shared fixtures: the real LGG slices (never skipped in CI) and small file writers."""
+"""Shared fixtures: the real LGG slices (never skipped in CI), a tiny synthetic dataset, small file writers and
+the bundle training command."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +101,35 @@ def weight_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     torch.save(MobileNetV2UNet().state_dict(), folder / "seg.pt")
     torch.save(MobileNetV2Classifier().state_dict(), folder / "cls.pt")
     return ["--segmentation-weights", str(folder / "seg.pt"), "--classification-weights", str(folder / "cls.pt")]
+
+
+# A tiny synthetic kaggle_3m dataset for whole training runs: with TINY_SPLIT, 3 training patients (18 slices,
+# 5 iterations of batch 4 per epoch), 1 validation and 1 test patient.
+TINY_SPLIT = ("--val_fraction", "0.2", "--test_fraction", "0.2")
+
+
+@pytest.fixture(scope="session")
+def tiny_kaggle3m(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5 synthetic patients x 6 slices of 64x64 (the dataset of tests/test_bundles.py)."""
+    from bt_monai.data import make_synthetic_kaggle3m
+
+    return make_synthetic_kaggle3m(tmp_path_factory.mktemp("tiny") / "kaggle_3m", 5, 6, size=64, seed=1)
+
+
+def bundle_training_command(root: Path, dataset: Path, *options: str) -> list[str]:
+    """``python -m monai.bundle run training`` of the bundle copy at ``root`` on ``dataset``, small and fast.
+
+    64x64 inputs, batch 4, no DataLoader workers, TINY_SPLIT; ``options`` (e.g. ``--max_epochs 3``) come last.
+    Logs go to stdout (the bundle's logging.conf), one line per iteration: ``Epoch: e/E, Iter: i/I -- ...``.
+    """
+    configs = root / "configs"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--bundle_root", str(root)]
+    cmd += ["--config_file", str(configs / "train.json"), "--meta_file", str(configs / "metadata.json")]
+    cmd += ["--logging_file", str(configs / "logging.conf"), "--dataset_dir", str(dataset)]
+    cmd += ["--spatial_size", "[64,64]", "--batch_size", "4", "--num_workers", "0", *TINY_SPLIT]
+    return cmd + list(options)
+
+
+def subprocess_env(threads: int = 1) -> dict[str, str]:
+    """The environment for a child Python: ``threads`` intra-op threads (no oversubscription beside pytest)."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}

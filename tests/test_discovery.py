@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -67,14 +69,24 @@ def test_missing_dataset_folder_names_the_path(tmp_path):
 
 
 def test_empty_dataset_folder_names_the_path(tmp_path):
-    with pytest.raises(DatasetError, match=f"no slices found in {tmp_path}"):
+    with pytest.raises(DatasetError, match=f"no usable slices found in {tmp_path}"):
         discover_kaggle3m(tmp_path)
 
 
-def test_image_without_mask_names_the_file(tmp_path):
+def test_image_without_mask_is_left_out_with_its_name_and_the_reason(tmp_path):
+    (tmp_path / "P1").mkdir()
+    for n in (1, 2):
+        tifffile.imwrite(tmp_path / "P1" / f"P1_{n}.tif", np.zeros((4, 4, 3), np.uint8))
+    tifffile.imwrite(tmp_path / "P1" / "P1_2_mask.tif", np.zeros((4, 4), np.uint8))
+    skipped: list = []
+    assert [Path(r.image).name for r in discover_kaggle3m(tmp_path, skipped)] == ["P1_2.tif"]
+    assert skipped == [(str(tmp_path / "P1" / "P1_1.tif"), "no mask file P1_1_mask.tif beside it")]
+
+
+def test_a_dataset_with_no_usable_slice_names_a_file_and_the_reason(tmp_path):
     (tmp_path / "P1").mkdir()
     tifffile.imwrite(tmp_path / "P1" / "P1_1.tif", np.zeros((4, 4, 3), np.uint8))
-    with pytest.raises(DatasetError, match="P1_1.tif"):
+    with pytest.raises(DatasetError, match="P1_1.tif: no mask file"):
         discover_kaggle3m(tmp_path)
 
 

@@ -123,3 +123,10 @@ def test_torch_export_matches_eager(cls):
     exported = torch.export.export(net, (x,))
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), net(x))
+
+
+@pytest.mark.parametrize("cls", [MobileNetV2UNet, MobileNetV2Classifier])
+def test_freeze_encoder_given_as_text_is_refused_not_read_as_true(cls):
+    # `monai.bundle run ... --freeze_encoder false` arrives as the string "false".
+    with pytest.raises(TypeError, match="freeze_encoder must be True or False, got 'false'"):
+        cls(freeze_encoder="false")

@@ -196,7 +196,8 @@ def evaluate_dataset(
 
     ``patients``: evaluate only these patients (e.g. a split's test patients); all of them must be in ``dataset``.
     """
-    records = {r.image: r for r in discover_kaggle3m(dataset)}
+    skipped: list[tuple[str, str]] = []  # (path, reason): unusable files, reported in skipped.csv
+    records = {r.image: r for r in discover_kaggle3m(dataset, skipped)}
     if patients is not None:
         missing = sorted(set(patients) - {r.patient_id for r in records.values()})
         if missing:
@@ -204,7 +205,6 @@ def evaluate_dataset(
         records = {image: r for image, r in records.items() if r.patient_id in set(patients)}
     load, binarize = LoadSlice(), BinarizeMask()
     slices: list[SliceResult] = []
-    skipped: list[tuple[str, str]] = []
 
     def skip(path: str, error: Exception) -> None:
         skipped.append((path, f"{type(error).__name__}: {error}".splitlines()[0]))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["atomic_write_bytes", "write_csv", "write_mask_png", "inside", "safe_name"]
+__all__ = ["atomic_write_bytes", "write_csv", "write_mask_png", "inside", "printable", "safe_name"]
 
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -56,8 +56,19 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> No
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    writer.writerows([printable(cell) for cell in row] for row in rows)
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+
+
+def printable(cell):
+    """``cell`` itself, or for text, the text with the undecodable bytes of a file name as ``\\xNN`` escapes.
+
+    Linux file names may be any bytes; Python keeps the bytes that are not UTF-8 as lone surrogates, which
+    cannot be written as UTF-8. Reports show them escaped instead.
+    """
+    if isinstance(cell, str):
+        return cell.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return cell
 
 
 def write_mask_png(path: Path, mask: np.ndarray) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 from scipy import ndimage
 
-from bt_monai.apps.files import atomic_write_bytes
+from bt_monai.apps.files import atomic_write_bytes, printable
 
 __all__ = ["FIGURES", "write_figures", "write_html", "outline"]
 
@@ -106,7 +106,7 @@ def _gallery(output: Path, slices, predictor) -> None:
         overlay[outline(truth)] = (0.1, 0.9, 0.1)
         overlay[outline(pred)] = (0.95, 0.1, 0.1)
         axes[row, 0].imshow(gray, cmap="gray")
-        axes[row, 0].set_title(f"{label}: {Path(s.path).name}", fontsize=8)
+        axes[row, 0].set_title(f"{label}: {printable(Path(s.path).name)}", fontsize=8)
         axes[row, 1].imshow(overlay)
         dice = float(dice_from_counts(s.counts))
         axes[row, 1].set_title(f"Dice {dice:.3f} (green truth, red prediction)", fontsize=8)
@@ -184,4 +184,4 @@ Intervals: 95%, bootstrap over patients. Research use only, not for diagnosis.</
 <pre>{html.escape(evaluated)}</pre>
 </body></html>
 """
-    atomic_write_bytes(output / "report.html", page.encode())
+    atomic_write_bytes(output / "report.html", printable(page).encode())

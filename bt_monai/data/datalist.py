@@ -8,6 +8,7 @@ The file also has a ``test`` list and a ``metadata`` block (seed, fractions, cou
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections import defaultdict
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_monai.data.discovery import DatasetError, SliceRecord, discover_kaggle3m
+from bt_monai.data.discovery import DatasetError, SliceRecord, discover_kaggle3m, slice_problem
 
 __all__ = [
     "patients_in_split",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 SPLITS = ("training", "validation", "test")
+
+logger = logging.getLogger(__name__)
 
 
 def datalist_entry(record: SliceRecord) -> dict:
@@ -129,12 +132,33 @@ def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def _check_entries(datalist: dict, source: Path) -> dict:
+def _usable_entries(datalist: dict, source: Path) -> dict:
+    """Drop (with one warning each, naming the file and the reason) entries whose files cannot be used."""
+    from bt_monai.transforms.array import LoadSlice
+
+    loader = LoadSlice()
+    problems: list[str] = []
     for split in SPLITS:
+        kept = []
         for entry in datalist.get(split, []):
-            for key in ("image", "label"):
-                if key in entry and not Path(entry[key]).is_file():
-                    raise DatasetError(f"{source}: {split} entry names a missing file: {entry[key]}")
+            image, label = entry.get("image"), entry.get("label")
+            if isinstance(label, str):
+                problem = slice_problem(image, label, loader)
+            else:
+                try:
+                    loader(image)
+                    problem = None
+                except Exception as e:
+                    problem = f"{type(e).__name__}: {e}".splitlines()[0]
+            if problem is None:
+                kept.append(entry)
+            else:
+                logger.warning("skipping %s (%s entry of %s): %s", image, split, source, problem)
+                problems.append(f"{image}: {problem}")
+        datalist[split] = kept
+    if not datalist.get("training"):
+        example = f", e.g. {problems[0]}" if problems else ""
+        raise DatasetError(f"{source}: no usable training slice is left ({len(problems)} skipped{example})")
     return datalist
 
 
@@ -150,7 +174,8 @@ def load_or_make_datalist(
     ``dataset`` is either a kaggle_3m-style folder (discovered and split by patient, see
     :func:`make_datalist`) or a JSON datalist file (relative paths are taken from the file's folder). When
     ``dataset`` is ``demo_dir`` and does not exist yet, the synthetic demo dataset is generated there first.
-    Every file a datalist names must exist: the first missing one is reported with its path.
+    Slices that cannot be used (missing or unreadable files, mask and image of different sizes) are left out
+    of either, with one warning each naming the file and the reason.
     """
     path = Path(dataset).expanduser()
     if demo_dir is not None and path == Path(demo_dir).expanduser():
@@ -171,8 +196,8 @@ def load_or_make_datalist(
                 for key in ("image", "label"):
                     if isinstance(entry.get(key), str) and not Path(entry[key]).is_absolute():
                         entry[key] = str(path.parent / entry[key])
-        return _check_entries(datalist, path)
-    return _check_entries(make_datalist(path, val_fraction, test_fraction, seed), path)
+        return _usable_entries(datalist, path)
+    return make_datalist(path, val_fraction, test_fraction, seed)  # discovery already left out unusable slices
 
 
 def patients_in_split(split_file: str | os.PathLike, split: str) -> list[str]:

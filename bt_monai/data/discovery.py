@@ -6,6 +6,7 @@ numbers are 1-based and sort numerically. A slice is "tumor" when its mask has a
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -24,7 +25,10 @@ __all__ = [
     "is_mask_file",
     "mask_has_tumor",
     "mask_path_for",
+    "slice_problem",
 ]
+
+logger = logging.getLogger(__name__)
 
 _MASK_RE = re.compile(r"_mask(\.[^.]+)+$", re.IGNORECASE)
 _SLICE_RE = re.compile(r"^(?P<stem>.+)_(?P<index>\d+)(?P<suffix>(\.[^.]+)+)$")
@@ -69,11 +73,52 @@ def mask_path_for(image: str | os.PathLike) -> Path:
     return image.with_name(stem + "_mask" + image.name[len(stem) :])
 
 
-def discover_kaggle3m(root: str | os.PathLike) -> list[SliceRecord]:
-    """All slices of a kaggle_3m-style dataset, ordered by patient, then slice number.
+def _unreadable(role: str, path: str | os.PathLike, error: Exception) -> str:
+    return f"{role} {Path(path).name} unreadable: " + f"{type(error).__name__}: {error}".splitlines()[0]
 
-    Raises :class:`DatasetError` (naming the path) when ``root`` is missing, holds no patient folder with
-    slices, or a slice has no mask file.
+
+def _inspect_pair(image, mask, loader: Callable, check_image: bool = True) -> tuple[str | None, int]:
+    """``(problem or None, tumor)`` of an image/mask pair, reading each file once."""
+    if not Path(mask).is_file():
+        return f"no mask file {Path(mask).name} beside it", 0
+    try:
+        label = loader(mask)
+    except Exception as e:
+        return _unreadable("mask", mask, e), 0
+    if check_image:
+        try:
+            image_shape = tuple(loader(image).shape[1:])
+        except Exception as e:
+            return _unreadable("image", image, e), 0
+        if image_shape != tuple(label.shape[1:]):
+            (mw, mh), (iw, ih) = label.shape[1:], image_shape
+            return f"mask is {mw}x{mh} pixels but the image {iw}x{ih}", 0
+    return None, int(bool(label.any()))
+
+
+def slice_problem(image: str | os.PathLike, mask: str | os.PathLike, loader: Callable | None = None) -> str | None:
+    """Why an image/mask pair cannot be used for training or evaluation, or None when it can.
+
+    Both files must exist and read as 2D slices with finite values (see :class:`LoadSlice`), and have the
+    same width and height. A mask may hold any values: non-zero is tumor (``BinarizeMask``).
+    """
+    if loader is None:
+        from bt_monai.transforms.array import LoadSlice
+
+        loader = LoadSlice()
+    return _inspect_pair(image, mask, loader)[0]
+
+
+def discover_kaggle3m(
+    root: str | os.PathLike, skipped: list[tuple[str, str]] | None = None, check_images: bool = True
+) -> list[SliceRecord]:
+    """All usable slices of a kaggle_3m-style dataset, ordered by patient, then slice number.
+
+    A slice that cannot be used (no mask, unreadable image or mask, sizes that differ: see
+    :func:`slice_problem`) is left out with one warning naming the file and the reason; ``(path, reason)``
+    is also appended to ``skipped`` when given. ``check_images=False`` reads only the masks (faster; the
+    images are then checked when they are loaded). Two slices with the same number are both kept.
+    Raises :class:`DatasetError` (naming the path) when ``root`` is missing or holds no usable slice.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -82,7 +127,7 @@ def discover_kaggle3m(root: str | os.PathLike) -> list[SliceRecord]:
 
     loader = LoadSlice()
     records: list[SliceRecord] = []
-    missing: list[Path] = []
+    problems: list[tuple[str, str]] = []
     for patient_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         slices = []
         for image in patient_dir.iterdir():
@@ -90,29 +135,25 @@ def discover_kaggle3m(root: str | os.PathLike) -> list[SliceRecord]:
                 continue
             match = _SLICE_RE.match(image.name)
             if match is None:
-                raise DatasetError(
-                    f"{image}: slice file names must end in _<slice number> (kaggle_3m layout: "
-                    f"<patient>_<n>.tif with mask <patient>_<n>_mask.tif)"
-                )
-            slices.append((int(match["index"]), image))
-        for index, image in sorted(slices):
-            mask = mask_path_for(image)
-            if not mask.is_file():
-                missing.append(image)
+                problems.append((str(image), "name does not end in _<slice number> (kaggle_3m: <patient>_<n>.tif)"))
                 continue
-            records.append(
-                SliceRecord(str(image), str(mask), patient_dir.name, index, int(mask_has_tumor(mask, loader)))
-            )
-    if missing:
-        shown = ", ".join(str(m) for m in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise DatasetError(
-            f"{len(missing)} image(s) in {root} have no mask file (expected <image>_mask next to each): {shown}. "
-            "For images without masks use inference, which needs no masks."
-        )
+            slices.append((int(match["index"]), image.name, image))
+        for index, _, image in sorted(slices):
+            mask = mask_path_for(image)
+            problem, tumor = _inspect_pair(image, mask, loader, check_images)
+            if problem is not None:
+                problems.append((str(image), problem))
+                continue
+            records.append(SliceRecord(str(image), str(mask), patient_dir.name, index, tumor))
+    for path, reason in problems:
+        logger.warning("skipping %s: %s", path, reason)
+    if skipped is not None:
+        skipped.extend(problems)
     if not records:
+        detail = f" ({len(problems)} slice(s) skipped, e.g. {problems[0][0]}: {problems[0][1]})" if problems else ""
         raise DatasetError(
-            f"no slices found in {root}: expected one folder per patient holding <patient>_<n>.tif "
-            "and <patient>_<n>_mask.tif files"
+            f"no usable slices found in {root}: expected one folder per patient holding <patient>_<n>.tif "
+            f"and <patient>_<n>_mask.tif files{detail}"
         )
     return records
 

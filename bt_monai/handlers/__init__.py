@@ -1,6 +1,12 @@
 """MONAI/ignite handlers: the project's metrics and an atomic checkpoint saver."""
 
-from bt_monai.handlers.checkpoint import AtomicDiskSaver, CheckpointSaver, keep_previous_model
+from bt_monai.handlers.checkpoint import (
+    AtomicDiskSaver,
+    CheckpointSaver,
+    keep_previous_model,
+    remove_stale_temporaries,
+    should_resume,
+)
 from bt_monai.handlers.metrics import ClassificationHandler, PatientVolumeHandler, SliceSegmentationHandler
 from bt_monai.handlers.report import EvaluationReportHandler
 
@@ -12,4 +18,6 @@ __all__ = [
     "PatientVolumeHandler",
     "SliceSegmentationHandler",
     "keep_previous_model",
+    "remove_stale_temporaries",
+    "should_resume",
 ]

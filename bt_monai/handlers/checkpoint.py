@@ -4,30 +4,81 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import ignite.distributed as idist
+import torch
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
-__all__ = ["AtomicDiskSaver", "CheckpointSaver", "keep_previous_model"]
+__all__ = ["AtomicDiskSaver", "CheckpointSaver", "keep_previous_model", "remove_stale_temporaries", "should_resume"]
+
+# ".<file name>.<pid of the writer>.<random>.tmp": hidden, and it says which process writes it.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(dirname: str | os.PathLike) -> list[Path]:
+    """Remove the temporary checkpoint files that killed runs left in ``dirname``; return them.
+
+    Only files named like :class:`AtomicDiskSaver`'s temporaries whose writing process is gone are removed:
+    the half-written file of a run that is still going, and every other file, are left alone.
+    """
+    removed = []
+    for path in Path(dirname).glob(".*.tmp"):
+        match = _TEMPORARY.match(path.name)
+        if match and path.is_file() and not path.is_symlink() and not _alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logging.getLogger("bt_monai").warning(f"removed {len(removed)} half-written checkpoint(s) of killed runs")
+    return removed
 
 
 class AtomicDiskSaver(DiskSaver):
     """Ignite's ``DiskSaver`` writing through a temporary file renamed into place (never a half-written file).
 
     With a fixed ``filename`` every save replaces that file atomically, so the previous one is never deleted
-    first: an interruption leaves either the old or the new checkpoint, intact.
+    first: an interruption, even a ``SIGKILL`` or a power cut, leaves either the old or the new checkpoint,
+    intact. The temporary file is hidden (``.<name>.<pid>.<random>.tmp``), synced to disk before the rename,
+    and one left behind by a killed run is removed when the next saver for the folder is created.
     """
 
     def __init__(self, dirname: str, filename: str | None = None) -> None:
         super().__init__(dirname=dirname, atomic=True, require_empty=False)
         self.filename = filename
+        if idist.get_rank() == self.save_on_rank:
+            remove_stale_temporaries(self.dirname)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        super().__call__(checkpoint, self.filename or filename, metadata)
+        if idist.get_rank() != self.save_on_rank:
+            return
+        path = self.dirname / (self.filename or filename)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=self.dirname)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f, **self.kwargs)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def remove(self, filename: str) -> None:
         if self.filename is None:
@@ -74,3 +125,18 @@ def keep_previous_model(path: str | os.PathLike, resume: bool = False) -> Path |
     shutil.copy2(path, kept)
     logging.getLogger("bt_monai").warning(f"training writes a new {path.name}: the previous one is kept as {kept}")
     return kept
+
+
+def should_resume(checkpoint: str | os.PathLike, resume: bool) -> bool:
+    """Whether a run asked to ``resume`` does: only when ``checkpoint`` exists.
+
+    A run stopped before it saved its first checkpoint has nothing to resume from: asked to resume, it starts
+    from the beginning (with a warning), so running the same command with ``--resume true`` again always
+    works after an interruption.
+    """
+    if resume and not Path(checkpoint).is_file():
+        logging.getLogger("bt_monai").warning(
+            f"resume: there is no {checkpoint} (the run stopped before its first epoch ended): starting afresh"
+        )
+        return False
+    return bool(resume)

@@ -8,6 +8,8 @@ are read from each bundle's ``configs/inference.json``; weights from ``models/mo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator
@@ -162,6 +164,7 @@ class TumorPredictor:
         self.segmenter = segmenter.to(self.device, memory_format=memory_format).eval()
         self.classifier = classifier.to(self.device, memory_format=memory_format).eval()
         self.threshold, self.gate_masks, self.min_component_px = threshold, gate_masks, min_component_px
+        self.input_mode, self.spatial_size, self.channels_last = input_mode, tuple(spatial_size), channels_last
         self.inferer = AutocastInferer(enabled=amp, channels_last=channels_last)
         self.preprocessing = Compose(slice_preprocessing("image", input_mode=input_mode, spatial_size=spatial_size))
         # The same transforms minus the loading step, for pixels decoded elsewhere (DICOM series, multi-frame).
@@ -191,6 +194,31 @@ class TumorPredictor:
         keys = ("input_mode", "spatial_size", "threshold", "amp", "channels_last", "gate_masks", "min_component_px")
         settings = {k: seg[k] for k in keys if k in seg}
         return cls(segmenter, classifier, **{**settings, **kwargs})
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what decides this predictor's outputs: both networks' weights and all its settings.
+
+        Two predictors with the same fingerprint give the same masks and probabilities for the same slices, so
+        outputs made by one can be reused for the other (e.g. when ``infer`` resumes an interrupted run).
+        """
+        digest = hashlib.sha256()
+        for network in (self.segmenter, self.classifier):
+            for name, tensor in network.state_dict().items():
+                tensor = tensor.detach().cpu().contiguous().reshape(-1)
+                digest.update(f"{name} {tensor.dtype} {tensor.numel()};".encode())
+                digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        settings = {
+            "threshold": self.threshold,
+            "gate_masks": self.gate_masks,
+            "min_component_px": self.min_component_px,
+            "input_mode": self.input_mode,
+            "spatial_size": list(self.spatial_size),
+            "channels_last": self.channels_last,
+            "device": self.device.type,
+            "autocast": str(self.inferer.autocast_dtype(self.device.type)),
+        }
+        digest.update(json.dumps(settings, sort_keys=True).encode())
+        return digest.hexdigest()
 
     def preprocess(self, path: str | os.PathLike) -> torch.Tensor:
         """The network input ``(3, H, W)`` of one slice file (metadata keeps its original size)."""
@@ -264,7 +292,7 @@ class TumorPredictor:
             except Exception as e:
                 if on_error is None:
                     raise
-                on_error(key, e)
+                on_error(key, _root_cause(e))
             if len(batch) == batch_size:
                 yield from self._run(batch)
                 batch = []
@@ -280,6 +308,13 @@ class TumorPredictor:
             yield SlicePrediction(path, float(probability), mask, self.threshold)
 
 
+def _root_cause(error: Exception) -> Exception:
+    """The error a MONAI ``Compose`` wrapped ("applying transform ..."): it is the one that says what is wrong."""
+    while isinstance(error.__cause__, Exception) and "applying transform" in str(error):
+        error = error.__cause__
+    return error
+
+
 def bundle_provenance(
     segmentation_bundle: str | os.PathLike = SEGMENTATION_BUNDLE,
     classification_bundle: str | os.PathLike = CLASSIFICATION_BUNDLE,
@@ -287,8 +322,6 @@ def bundle_provenance(
     classification_weights: str | os.PathLike | None = None,
 ) -> dict:
     """What a prediction was made with: each bundle's folder and version, its weights file and their SHA-256."""
-    import hashlib
-    import json
 
     def info(bundle, weights) -> dict:
         bundle = Path(bundle)

@@ -96,6 +96,13 @@ class MobileNetV2Encoder(BaseEncoder, nn.Module):
 FLEXUNET_BACKBONE.register_class(MobileNetV2Encoder)
 
 
+def _require_bool(name: str, value) -> bool:
+    # `monai.bundle run --freeze_encoder false` passes the string "false", which would read as True.
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} (on the command line write True or False)")
+    return value
+
+
 class MobileNetV2UNet(FlexibleUNet):
     """U-Net with a MobileNetV2 encoder and skip connections: MONAI's ``FlexibleUNet(backbone="mobilenet_v2")``.
 
@@ -127,7 +134,7 @@ class MobileNetV2UNet(FlexibleUNet):
             spatial_dims=2,
             **kwargs,
         )
-        if freeze_encoder:
+        if _require_bool("freeze_encoder", freeze_encoder):
             self.encoder.freeze()
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -158,7 +165,7 @@ class MobileNetV2Classifier(nn.Module):
         self.encoder = MobileNetV2Encoder(spatial_dims=2, in_channels=in_channels, pretrained=pretrained)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(nn.Flatten(1), nn.Dropout(dropout), nn.Linear(self.encoder.channels[-1], num_classes))
-        if freeze_encoder:
+        if _require_bool("freeze_encoder", freeze_encoder):
             self.encoder.freeze()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

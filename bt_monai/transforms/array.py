@@ -39,6 +39,7 @@ class LoadSlice(Transform):
     The reader is chosen explicitly from the file (see :func:`bt_monai.data.readers.slice_format`):
     TIFF via tifffile, PNG/JPEG via PIL, DICOM via pydicom, NIfTI via nibabel, all through MONAI's
     ``LoadImage``. Values keep the file's own range (e.g. 0..255 for 8-bit, rescaled HU-like for DICOM).
+    A file that is not a 2D slice, has no pixels or holds NaN/Inf values raises ``ValueError`` naming it.
     """
 
     def __init__(self) -> None:
@@ -61,6 +62,11 @@ class LoadSlice(Transform):
         img = self.loader(filename, reader=self.readers[fmt])
         if img.ndim != 3:
             raise ValueError(f"{filename}: expected a 2D slice, got an image of shape {tuple(img.shape)}")
+        if img.numel() == 0:
+            raise ValueError(f"{filename}: the image has no pixels (shape {tuple(img.shape)})")
+        bad = int((~torch.isfinite(img.as_tensor())).sum())
+        if bad:  # NaN/Inf would turn the whole network input into NaN after intensity scaling
+            raise ValueError(f"{filename}: {bad} pixel value(s) are NaN or infinite")
         return img
 
 
