@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,3 +76,20 @@ def test_missing_weights_say_which_file_and_what_to_do(tmp_path, capsys):
     args = ["infer", str(tmp_path), "-o", str(tmp_path / "o"), "--segmentation-weights", str(tmp_path / "no.pt")]
     assert main(args) == 2
     assert str(tmp_path / "no.pt") in capsys.readouterr().err
+
+
+@pytest.mark.real_data
+def test_shipped_weights_find_the_tumors_of_a_patient_with_no_training(lgg_subset, tmp_path):
+    """The committed bundle weights work as installed: no weights option, no training."""
+    from bt_monai.data import discover_kaggle3m
+
+    patient = lgg_subset / "TCGA_CS_4942_19970222"
+    out = tmp_path / "out"
+    assert main(["infer", str(patient), "--output", str(out)]) == 0
+    truth = {
+        Path(r.image).name: r.tumor for r in discover_kaggle3m(lgg_subset) if Path(r.image).parent.name == patient.name
+    }
+    predicted = {r["path"]: int(r["tumor"]) for r in rows(out)}
+    assert set(predicted) == set(truth)
+    accuracy = np.mean([predicted[name] == truth[name] for name in truth])
+    assert accuracy >= 0.8, accuracy  # a patient the models learned from: a sanity floor, not a test metric
