@@ -20,6 +20,8 @@ import tifffile
 from conftest import REPO, SUBSET, bundle_training_command, subprocess_env, tumor_slice, write_mr_dicom
 from PIL import Image
 
+from bt_monai.apps.files import printable
+
 NON_UTF8 = os.fsdecode(b"scan_\xff\xfe")  # a file name Linux allows but UTF-8 cannot decode
 
 
@@ -85,10 +87,6 @@ def make_infer_corpus(folder: Path, image: Path) -> None:
     (folder / "loop").symlink_to(folder, target_is_directory=True)  # a symlink loop
 
 
-def _escaped(name: str) -> str:
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 @pytest.fixture(scope="module")
 def infer_run(lgg_root, tmp_path_factory, weight_args):
     root = tmp_path_factory.mktemp("bad_infer")
@@ -103,12 +101,12 @@ def infer_run(lgg_root, tmp_path_factory, weight_args):
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("name", list(INFER_CASES), ids=[_escaped(n) for n in INFER_CASES])
+@pytest.mark.parametrize("name", list(INFER_CASES), ids=[printable(n) for n in INFER_CASES])
 def test_infer_handles_or_skips_each_bad_input(infer_run, name):
     root, proc, predicted, skipped, _ = infer_run
     outcome, detail = INFER_CASES[name]
     assert proc.returncode == 0, proc.stderr[-2000:]
-    key = _escaped(name)
+    key = printable(name)
     if outcome == "ok":
         assert key in predicted and key not in skipped
         mask = np.asarray(Image.open(root / "out" / "masks" / (Path(name).stem + ".png")))
@@ -209,11 +207,11 @@ def evaluate_run(lgg_root, tmp_path_factory, weight_args):
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("case", list(EVALUATE_CASES), ids=[_escaped(n) for _, n in EVALUATE_CASES])
+@pytest.mark.parametrize("case", list(EVALUATE_CASES), ids=[printable(n) for _, n in EVALUATE_CASES])
 def test_evaluate_handles_or_skips_each_bad_input(evaluate_run, case):
     proc, evaluated, skipped = evaluate_run
     assert proc.returncode == 0, proc.stderr[-2000:]
-    expected, name = EVALUATE_CASES[case], _escaped(case[1])
+    expected, name = EVALUATE_CASES[case], printable(case[1])
     if expected == "ok":
         assert name in evaluated and name not in skipped
     else:
