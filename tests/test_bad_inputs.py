@@ -310,31 +310,32 @@ def make_training_corpus(dataset: Path, patient: str) -> dict[str, Path]:
 def training_run(tmp_path_factory):
     from test_bundles import copy_bundle
 
-    from bt_monai.data import make_synthetic_kaggle3m
+    from bt_monai.data import make_datalist, make_synthetic_kaggle3m
 
     root = tmp_path_factory.mktemp("bad_training")
-    from bt_monai.data import make_datalist
-
     # The corpus changes its patient's tumor burden, hence the split: take a patient that the training run
     # reads (its training or validation split), not a test patient.
     for attempt in range(5):
         dataset = make_synthetic_kaggle3m(root / f"data{attempt}", 5, 6, size=64, seed=1)
         patient = sorted(p.name for p in dataset.iterdir() if p.is_dir())[attempt]
         cases = make_training_corpus(dataset, patient)
-        if patient not in make_datalist(dataset, 0.2, 0.2)["metadata"]["patients"]["test"]:
+        datalist = make_datalist(dataset, 0.2, 0.2)  # what the bundle's training builds from the folder
+        if patient not in datalist["metadata"]["patients"]["test"]:
             break
     else:
         pytest.fail("every synthetic patient given the corpus became a test patient")
     bundle = copy_bundle("brain_tumor_segmentation", root)
     cmd = bundle_training_command(bundle, dataset, "--max_epochs", "1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(2), timeout=600, cwd=REPO)
-    return proc, cases, bundle
+    read = {e["image"] for split in ("training", "validation") for e in datalist[split]}  # the slices training reads
+    return proc, cases, bundle, read
 
 
 @pytest.mark.parametrize("case", list(TRAINING_BAD))
 def test_training_skips_each_bad_slice_with_one_message(training_run, case):
-    proc, cases, _ = training_run
+    proc, cases, _, read = training_run
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert str(cases[case]) not in read
     log = proc.stdout + proc.stderr
     lines = [line for line in log.splitlines() if f"skipping {cases[case]}:" in line]
     assert len(lines) == 1 and TRAINING_BAD[case] in lines[0], lines
@@ -342,12 +343,13 @@ def test_training_skips_each_bad_slice_with_one_message(training_run, case):
 
 @pytest.mark.parametrize("case", TRAINING_OK)
 def test_training_uses_each_odd_but_valid_slice(training_run, case):
-    proc, cases, _ = training_run
+    proc, cases, _, read = training_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"skipping {cases[case]}" not in proc.stdout + proc.stderr
+    assert str(cases[case]) in read  # discovered, kept, and in a split the training run reads
 
 
 def test_training_over_the_corpus_ends_with_a_model_and_no_traceback(training_run):
-    proc, _, bundle = training_run
+    proc, _, bundle, _ = training_run
     assert "Traceback" not in proc.stdout + proc.stderr
     assert (bundle / "models" / "model.pt").is_file()

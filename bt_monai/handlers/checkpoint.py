@@ -131,7 +131,7 @@ def should_resume(checkpoint: str | os.PathLike, resume: bool) -> bool:
     """Whether a run asked to ``resume`` does: only when ``checkpoint`` exists.
 
     A run stopped before it saved its first checkpoint has nothing to resume from: asked to resume, it starts
-    from the beginning (with a warning), so running the same command with ``--resume true`` again always
+    from the beginning (with a warning), so running the same command with ``--resume True`` again always
     works after an interruption.
     """
     if resume and not Path(checkpoint).is_file():
