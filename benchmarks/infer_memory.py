@@ -7,7 +7,7 @@ reference) and over all N. The child's resident memory (VmRSS in ``/proc/<pid>/s
 and its peak is the kernel's own (``ru_maxrss`` from ``wait4``). Printed: RSS after 10%, 50% and 100% of the
 slices of each run, both peaks, and their ratio: about 1.0 when memory does not grow with the number of slices.
 
-Weights: ``--segmentation-weights`` / ``--classification-weights`` as for the CLI, else the shipped bundles'
+Weights: ``--segmentation-weights`` / ``--detection-weights`` as for the CLI, else the shipped bundles'
 ``models/model.pt``, else seeded random weights (memory does not depend on the values).
 
 Run: ``.venv/bin/python benchmarks/infer_memory.py [--slices 10000] [--batch-size 16]``. Linux only (``/proc``,
@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from bt_monai.apps.infer import PROGRESS_FILE
-from bt_monai.inferers.predictor import CLASSIFICATION_BUNDLE, SEGMENTATION_BUNDLE
+from bt_monai.bundle import locate_bundle
 
 FRACTIONS = (0.1, 0.5, 1.0)
 
@@ -63,8 +63,8 @@ def weight_options(args: argparse.Namespace, folder: Path) -> list[str]:
     """The CLI's weight options: as given, the shipped bundles' model.pt, or seeded random weights."""
     options = []
     for name, given, bundle, network in (
-        ("segmentation", args.segmentation_weights, SEGMENTATION_BUNDLE, "MobileNetV2UNet"),
-        ("classification", args.classification_weights, CLASSIFICATION_BUNDLE, "MobileNetV2Classifier"),
+        ("segmentation", args.segmentation_weights, locate_bundle(name="segmentation"), "MobileNetV2UNet"),
+        ("detection", args.detection_weights, locate_bundle(name="detection"), "MobileNetV2Classifier"),
     ):
         if given is None and not (bundle / "models" / "model.pt").is_file():
             import torch
@@ -154,7 +154,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between RSS samples (0.1)")
     parser.add_argument("--segmentation-weights", help="weights file instead of the bundle's models/model.pt")
-    parser.add_argument("--classification-weights", help="weights file instead of the bundle's models/model.pt")
+    parser.add_argument("--detection-weights", help="weights file instead of the bundle's models/model.pt")
     args = parser.parse_args()
     if not Path("/proc/self/status").is_file():
         sys.exit("needs Linux (/proc/<pid>/status)")

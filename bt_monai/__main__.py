@@ -1,4 +1,7 @@
-"""Command line: ``python -m bt_monai <command> ...`` (also installed as ``bt-monai``)."""
+"""Command line: ``bt-monai <command> ...`` (also ``python -m bt_monai``).
+
+Each command imports what it needs when it runs, so ``bt-monai --help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,14 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from bt_monai.data import DatasetError, make_datalist, patients_in_split, write_datalist
-from bt_monai.inferers.predictor import CLASSIFICATION_BUNDLE, SEGMENTATION_BUNDLE, WeightsError
+
+class UserError(Exception):
+    """A problem the user can fix (a path, a setting); printed as one line, exit status 2."""
 
 
 def _datalist(args: argparse.Namespace) -> int:
+    from bt_monai.data import make_datalist, write_datalist
+
     datalist = make_datalist(args.dataset, args.val_fraction, args.test_fraction, args.seed)
     path = write_datalist(datalist, args.output)
     for split, c in datalist["metadata"]["counts"].items():
@@ -24,29 +30,36 @@ def _predictor(args: argparse.Namespace):
     from bt_monai.inferers import TumorPredictor
 
     overrides = {"amp": False} if args.no_amp else {}
+    if getattr(args, "input_mode", None):
+        overrides["input_mode"] = args.input_mode
     if args.device:
         overrides["device"] = args.device
     if args.min_component_px is not None:
         overrides["min_component_px"] = args.min_component_px
     if args.gate_masks is not None:
         overrides["gate_masks"] = args.gate_masks == "on"
+    if args.threshold is not None:
+        overrides["threshold"] = args.threshold
+    if args.detection_threshold is not None:
+        overrides["detection_threshold"] = args.detection_threshold
     return TumorPredictor.from_bundles(
-        args.segmentation_bundle,
-        args.classification_bundle,
-        args.segmentation_weights,
-        args.classification_weights,
-        **overrides,
+        args.segmentation_bundle, args.detection_bundle, args.segmentation_weights, args.detection_weights, **overrides
+    )
+
+
+def _provenance(args: argparse.Namespace) -> dict:
+    from bt_monai.bundle import bundle_provenance
+
+    return bundle_provenance(
+        args.segmentation_bundle, args.detection_bundle, args.segmentation_weights, args.detection_weights
     )
 
 
 def _infer_dicom(args: argparse.Namespace) -> int:
     from bt_monai.apps.dicom import infer_dicom
-    from bt_monai.inferers.predictor import bundle_provenance
 
     predictor = _predictor(args)
-    provenance = bundle_provenance(
-        args.segmentation_bundle, args.classification_bundle, args.segmentation_weights, args.classification_weights
-    )
+    provenance = _provenance(args)
     run = infer_dicom(
         predictor,
         args.input,
@@ -102,16 +115,14 @@ def _infer(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from bt_monai.apps.evaluate import HEADLINE_METRICS, evaluate_dataset
-    from bt_monai.inferers.predictor import bundle_provenance
+    from bt_monai.data import patients_in_split
 
     predictor = _predictor(args)
-    provenance = bundle_provenance(
-        args.segmentation_bundle, args.classification_bundle, args.segmentation_weights, args.classification_weights
-    )
+    provenance = _provenance(args)
     patients = None
     if args.split or args.split_file:
         if not (args.split and args.split_file):
-            raise ValueError(
+            raise UserError(
                 "--split and --split-file go together: e.g. --split test --split-file configs/lgg_split.json"
             )
         patients = patients_in_split(args.split_file, args.split)
@@ -127,7 +138,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             span = f"{interval[0]:.4f} to {interval[1]:.4f}" if interval else ""
             print(f"{group:<13}{name:<26}{shown:>8}   {span}")
     counts = metrics["evaluated"]["dataset_counts"]
-    print(f"{counts['evaluated_slices']} slices of {counts['patients']} patients; report: {args.output}/report.html")
+    print(
+        f"{counts['evaluated_slices']} slices of {counts['patients']} patients, input {predictor.input_mode}; "
+        f"report: {args.output}/report.html"
+    )
     if counts["skipped_files"]:
         print(f"{counts['skipped_files']} file(s) skipped, reasons in {args.output}/skipped.csv", file=sys.stderr)
     return 0
@@ -140,11 +154,65 @@ def _curves(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle(args: argparse.Namespace) -> int:
+    from bt_monai import bundle
+
+    if args.action == "list":
+        for row in bundle.list_bundles():
+            where = row["path"] or "not found"
+            weights = "with weights" if row["weights"] else "no weights"
+            folder = bundle.BUNDLE_FOLDERS[row["name"]]
+            print(f"{row['name']:<13} {folder:<28} {row['version'] or '-':<7} {weights:<13} {where}")
+        return 0
+    if not args.name:
+        raise UserError(f"bt-monai bundle {args.action}: give a bundle name (segmentation or detection)")
+    if args.action == "path":
+        print(bundle.locate_bundle(args.name))
+        return 0
+    if not args.destination:
+        raise UserError("bt-monai bundle copy NAME DEST: give the destination folder")
+    copied = bundle.copy_bundle(args.name, args.destination)
+    print(f"copied the {bundle.bundle_name(args.name)} bundle to {copied}; train there, e.g.:")
+    print(f"  cd {copied} && python -m monai.bundle run training --meta_file configs/metadata.json \\")
+    print("      --config_file configs/train.json --logging_file configs/logging.conf --dataset_dir /path/to/kaggle_3m")
+    return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    from bt_monai.apps.label.datastore import make_label_datastore
+    from bt_monai.data import DatasetError
+
+    try:
+        done = make_label_datastore(args.source, args.output, args.patients, labels=args.labels, copy=args.copy)
+    except DatasetError as e:  # nothing was overwritten; exit status 1, as the datastore command always had
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{done['folder']}: {done['images']} slices, {done['labels']} labels ({done['tumor_labels']} with tumor)")
+    return 0
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"a probability between 0 and 1 is expected, got {text}")
+    return value
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--segmentation-bundle", default=str(SEGMENTATION_BUNDLE), help="segmentation bundle folder")
-    p.add_argument("--classification-bundle", default=str(CLASSIFICATION_BUNDLE), help="detection bundle folder")
+    p.add_argument("--segmentation-bundle", help="segmentation bundle folder or name (default: the installed bundle)")
+    p.add_argument(
+        "--detection-bundle",
+        "--classification-bundle",
+        dest="detection_bundle",
+        help="detection bundle folder or name (default: the installed brain_tumor_classification bundle)",
+    )
     p.add_argument("--segmentation-weights", help="weights file instead of the bundle's models/model.pt")
-    p.add_argument("--classification-weights", help="weights file instead of the bundle's models/model.pt")
+    p.add_argument(
+        "--detection-weights",
+        "--classification-weights",
+        dest="detection_weights",
+        help="weights file instead of the detection bundle's models/model.pt",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="slices per batch (16)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
     p.add_argument("--no-amp", action="store_true", help="plain float32 (no bf16/fp16 autocast)")
@@ -154,6 +222,16 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="drop mask components smaller than this many pixels (default: the segmentation bundle's setting)",
     )
     p.add_argument(
+        "--threshold",
+        type=_probability,
+        help="per-pixel tumor probability threshold (default: the segmentation bundle's)",
+    )
+    p.add_argument(
+        "--detection-threshold",
+        type=_probability,
+        help="slice tumor probability threshold (default: the detection bundle's)",
+    )
+    p.add_argument(
         "--gate-masks",
         choices=("on", "off"),
         help="clear the mask of slices the detector calls tumor-free (default: the segmentation bundle's setting)",
@@ -161,7 +239,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bt_monai", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="bt-monai", description="Brain tumor detection and segmentation on 2D MRI slices (MONAI plugin)."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser(
@@ -231,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, help="patient bootstrap resamples for the intervals")
     p.add_argument("--split", choices=("training", "validation", "test"), help="evaluate only this split's patients")
     p.add_argument("--split-file", help="the split record naming the patients of --split (e.g. configs/lgg_split.json)")
+    p.add_argument(
+        "--input",
+        dest="input_mode",
+        choices=("all", "flair"),
+        help="what the predictor is given: all (the three sequences as RGB, the bundles' default) or flair (the "
+        "FLAIR channel alone as one grayscale image, exactly as a DICOM series arrives)",
+    )
     _add_model_options(p)
     p.set_defaults(func=_evaluate)
 
@@ -244,6 +331,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="the PNG to write")
     p.add_argument("--title", default="", help="figure title")
     p.set_defaults(func=_curves)
+
+    p = commands.add_parser(
+        "bundle",
+        help="list the installed bundles, print one's folder, or copy one into a folder of yours for training",
+        description="The two shipped MONAI bundles: segmentation (brain_tumor_segmentation) and detection "
+        "(brain_tumor_classification; 'classification' names it too). 'copy' puts one into DEST (new or empty) "
+        "with its configs, docs and weights, as monai.bundle download does for a Zoo bundle: train there, never "
+        "in the installed folder.",
+    )
+    p.add_argument("action", choices=("list", "path", "copy"))
+    p.add_argument("name", nargs="?", help="segmentation or detection (or a bundle folder name)")
+    p.add_argument("destination", nargs="?", help="copy: the folder to create (must not exist, or be empty)")
+    p.set_defaults(func=_bundle)
+
+    p = commands.add_parser(
+        "label",
+        help="MONAI Label: link slices into a datastore folder (optionally with their masks as labels)",
+        description="Link the slices of a kaggle_3m dataset (or any folder of slices) into one flat folder for "
+        "`monailabel start_server --studies`; with --labels, write each kaggle_3m mask as its finished label "
+        "(labels/final/<id>.<ext>, 0/1). Same as `python -m bt_monai.apps.label datastore`.",
+    )
+    p.add_argument("action", choices=("datastore",))
+    p.add_argument("source", help="kaggle_3m dataset folder, or any folder of slices")
+    p.add_argument("--output", required=True, help="datastore folder to create or add to")
+    p.add_argument("--patients", nargs="+", metavar="PATIENT", help="only these kaggle_3m patient folders")
+    p.add_argument("--labels", action="store_true", help="write the kaggle_3m masks as finished labels")
+    p.add_argument("--copy", action="store_true", help="copy the images instead of linking them")
+    p.set_defaults(func=_label)
     return parser
 
 
@@ -251,9 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # A blank slice (one value everywhere) scales to zeros; MONAI warns about it on every such slice.
     warnings.filterwarnings("ignore", message=r"Divide by zero \(a_min == a_max\)")
+    from bt_monai.bundle import WeightsError  # standard library only: cheap
+
     try:
         return args.func(args)
-    except (DatasetError, WeightsError, OSError, ValueError) as e:
+    except (UserError, OSError, ValueError, WeightsError) as e:  # DatasetError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
 

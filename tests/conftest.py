@@ -100,7 +100,7 @@ def weight_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     torch.manual_seed(0)
     torch.save(MobileNetV2UNet().state_dict(), folder / "seg.pt")
     torch.save(MobileNetV2Classifier().state_dict(), folder / "cls.pt")
-    return ["--segmentation-weights", str(folder / "seg.pt"), "--classification-weights", str(folder / "cls.pt")]
+    return ["--segmentation-weights", str(folder / "seg.pt"), "--detection-weights", str(folder / "cls.pt")]
 
 
 # A tiny synthetic kaggle_3m dataset for whole training runs: with TINY_SPLIT, 3 training patients (18 slices,

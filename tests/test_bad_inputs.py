@@ -20,7 +20,7 @@ import tifffile
 from conftest import REPO, SUBSET, bundle_training_command, subprocess_env, tumor_slice, write_mr_dicom
 from PIL import Image
 
-from bt_monai.apps.files import printable
+from bt_monai.utils import printable
 
 NON_UTF8 = os.fsdecode(b"scan_\xff\xfe")  # a file name Linux allows but UTF-8 cannot decode
 

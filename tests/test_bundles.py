@@ -19,7 +19,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, ckpt_export, onnx_export, verify_net_in_out
 
-from bt_monai.data import DatasetError, make_synthetic_kaggle3m
+from bt_monai.data import DatasetError, make_datalist, make_synthetic_kaggle3m
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = ("brain_tumor_segmentation", "brain_tumor_classification")
@@ -159,6 +159,24 @@ def test_distributed_training_on_two_cpu_processes(tmp_path, synthetic):
     assert (root / "models" / "model.pt").is_file()
     state = torch.load(root / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
+
+
+def test_distributed_training_with_fewer_validation_slices_than_processes_says_which_split(tmp_path, synthetic):
+    root = copy_bundle(BUNDLES[0], tmp_path)
+    datalist = make_datalist(synthetic, 0.2, 0.2)
+    datalist["validation"] = datalist["validation"][:1]
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    configs = "['{}','{}']".format(*files(root, "train", "multi_gpu_train"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "monai.bundle", "run", "training", "--config_file", configs, "--bundle_root", str(root)]
+    cmd += ["--meta_file", str(root / "configs" / "metadata.json"), "--dataset_dir", str(tmp_path / "datalist.json")]
+    cmd += ["--max_epochs", "1", "--spatial_size", "[64,64]", "--batch_size", "2", "--num_workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode != 0
+    assert "the validation split holds 1 slice(s), fewer than the 2 training processes" in done.stderr
+    assert "dataset length is less than the number of participating ranks" not in done.stderr
+    assert not (root / "models" / "model.pt").exists()
 
 
 @pytest.mark.parametrize("name", BUNDLES)

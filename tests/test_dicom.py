@@ -37,11 +37,11 @@ from pydicom.uid import (
 from bt_monai.__main__ import main
 from bt_monai.apps import dicom as dicom_app
 from bt_monai.apps.dicom import infer_dicom, looks_like_dicom_input, read_predictions
-from bt_monai.apps.files import safe_name
 from bt_monai.apps.infer import infer_folder
-from bt_monai.data.dicom import decode_frame, scan_dicom_folder, to_channel_first
-from bt_monai.inferers import TumorPredictor
+from bt_monai.data.dicom import decode_frame, dicom_voxel_volume_mm3, scan_dicom_folder, to_channel_first
+from bt_monai.inferers import AutocastInferer, TumorPredictor
 from bt_monai.networks import MobileNetV2UNet
+from bt_monai.utils import safe_name
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:builtin type (Swig|swig):DeprecationWarning"),  # python-gdcm's bindings
@@ -369,6 +369,22 @@ def test_a_rerun_with_other_models_or_threshold_redoes_the_series(small_series, 
 
 
 @pytest.mark.real_data
+def test_a_rerun_with_no_amp_redoes_the_series_made_under_autocast(small_series, tmp_path, weight_args):
+    if AutocastInferer().autocast_dtype("cuda" if torch.cuda.is_available() else "cpu") is None:
+        pytest.skip("no autocast on this machine: --no-amp changes nothing here")
+    out = tmp_path / "out"
+
+    def status(*options: str) -> str:
+        assert main(["infer", str(tmp_path / "in"), "-o", str(out), *weight_args, *options]) == 0
+        (entry,) = json.loads((out / "summary.json").read_text())["series"]
+        return entry["status"]
+
+    assert status() == "processed"
+    assert status() == "done earlier"  # same slices, same predictor: reused
+    assert status("--no-amp") == "processed"  # float32 masks are not the autocast ones
+
+
+@pytest.mark.real_data
 def test_an_interrupted_run_leaves_no_half_written_output(small_series, predictor, tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -429,6 +445,36 @@ def test_anonymize_keeps_patient_name_and_id_out_of_the_reports(tmp_path, lgg_ro
     reports = (out / "predictions.csv").read_text() + (out / "summary.json").read_text() + "/".join(run.processed)
     assert "4711" not in reports and "Doe" not in reports and "Jane" not in reports
     assert "PatientID" not in read_predictions(out)[0]
+
+
+# --- scanning: duplicates, volumes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("broken", ["IM0001", "IM0003"])  # the truncated copy sorts before / after the good file
+def test_a_truncated_copy_of_a_slice_does_not_lose_the_slice(tmp_path, broken):
+    pixels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    good = write_slice(tmp_path / "IM0002", pixels, SeriesInstanceUID=generate_uid())
+    (tmp_path / broken).write_bytes(good.read_bytes()[:-1000])  # same SOPInstanceUID, pixel data cut short
+    scan = scan_dicom_folder(tmp_path)
+    ((frame,),) = [s.frames for s in scan.series]
+    assert frame.path == good
+    np.testing.assert_array_equal(decode_frame(frame), pixels)
+    assert scan.skipped == [(str(tmp_path / broken), "duplicate instance (same SOPInstanceUID as IM0002)")]
+
+
+@pytest.mark.parametrize(
+    "attributes, slice_mm",
+    [({"SpacingBetweenSlices": 6.0}, 6.0), ({}, THICKNESS), ({"SliceThickness": None}, None)],
+    ids=["spacing-between-slices", "slice-thickness", "unknown"],
+)
+def test_a_one_slice_series_and_its_file_give_the_same_voxel_volume(tmp_path, attributes, slice_mm):
+    path = write_slice(tmp_path / "x.dcm", np.zeros((8, 8), np.uint16), SeriesInstanceUID=generate_uid(), **attributes)
+    (series,) = scan_dicom_folder(path).series
+    assert dicom_voxel_volume_mm3(path) == series.volume_mm3(1)
+    if slice_mm is None:
+        assert series.volume_mm3(10) is None
+    else:
+        assert series.volume_mm3(10) == pytest.approx(10 * SPACING[0] * SPACING[1] * slice_mm)
 
 
 # --- pixels -------------------------------------------------------------------------------------------------

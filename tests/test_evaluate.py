@@ -17,6 +17,7 @@ from bt_monai.__main__ import main
 from bt_monai.apps.evaluate import evaluate_dataset
 from bt_monai.inferers import SlicePrediction
 from bt_monai.networks import MobileNetV2Classifier, MobileNetV2UNet
+from bt_monai.writers.report import FIGURES
 
 SIZE = 8
 
@@ -38,7 +39,8 @@ CASE = {
 class ScriptedPredictor:
     """Stands in for the models: returns this test's predictions, so the expected metrics are known exactly."""
 
-    threshold = 0.5
+    threshold = detection_threshold = 0.5
+    input_mode = "all"
 
     def __init__(self, answers: dict[str, tuple[np.ndarray, float]]):
         self.answers = answers
@@ -152,11 +154,21 @@ def test_one_class_only_makes_roc_auc_undefined_with_a_reason(tmp_path):
 
 def test_figures_and_a_self_contained_report(evaluated):
     out, _ = evaluated
-    for name in ("confusion_matrix.png", "roc_curve.png", "dice_per_patient.png", "overlay_gallery.png"):
+    for name in FIGURES:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == len(FIGURES) == 5
     assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_the_worst_three_patients_are_named_with_their_largest_tumor_slice(evaluated):
+    out, metrics = evaluated
+    worst = metrics["segmentation"]["worst_patients"]
+    per_patient = {r["patient_id"]: float(r["dice"]) for r in csv.DictReader((out / "per_patient.csv").open())}
+    assert [w["patient_id"] for w in worst] == sorted(per_patient, key=lambda p: (per_patient[p], p))[:3]
+    for w in worst:
+        assert w["dice"] == pytest.approx(per_patient[w["patient_id"]])
+        assert w["largest_tumor_slice"] is None or w["patient_id"] in w["largest_tumor_slice"]
 
 
 def test_report_loads_in_a_headless_browser_without_errors(evaluated):
@@ -183,7 +195,7 @@ def test_report_loads_in_a_headless_browser_without_errors(evaluated):
         title = page.title()
         browser.close()
     assert errors == []
-    assert len(sizes) == 4 and all(w > 0 and h > 0 for w, h in sizes)
+    assert len(sizes) == len(FIGURES) and all(w > 0 and h > 0 for w, h in sizes)
     assert title == "bt_monai evaluation report"
 
 
@@ -193,7 +205,7 @@ def test_cli_evaluates_with_given_weights_and_prints_a_summary(tmp_path, capsys)
     torch.save(MobileNetV2UNet().state_dict(), tmp_path / "seg.pt")
     torch.save(MobileNetV2Classifier().state_dict(), tmp_path / "cls.pt")
     args = ["evaluate", str(tmp_path / "data"), "-o", str(tmp_path / "out"), "--bootstrap", "50"]
-    args += ["--segmentation-weights", str(tmp_path / "seg.pt"), "--classification-weights", str(tmp_path / "cls.pt")]
+    args += ["--segmentation-weights", str(tmp_path / "seg.pt"), "--detection-weights", str(tmp_path / "cls.pt")]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "dice_per_patient_mean" in printed and "report.html" in printed
@@ -210,7 +222,7 @@ def test_split_option_evaluates_only_that_splits_patients(tmp_path, capsys):
     torch.save(MobileNetV2UNet().state_dict(), tmp_path / "seg.pt")
     torch.save(MobileNetV2Classifier().state_dict(), tmp_path / "cls.pt")
     args = ["evaluate", str(tmp_path / "data"), "-o", str(tmp_path / "out"), "--bootstrap", "10"]
-    args += ["--segmentation-weights", str(tmp_path / "seg.pt"), "--classification-weights", str(tmp_path / "cls.pt")]
+    args += ["--segmentation-weights", str(tmp_path / "seg.pt"), "--detection-weights", str(tmp_path / "cls.pt")]
     assert main([*args, "--split", "test", "--split-file", str(split)]) == 0
     per_patient = list(csv.DictReader((tmp_path / "out" / "per_patient.csv").open()))
     assert [row["patient_id"] for row in per_patient] == patients[:1]
@@ -223,6 +235,6 @@ def test_split_naming_a_patient_missing_from_the_dataset_is_a_clear_error(tmp_pa
     args = ["evaluate", str(tmp_path / "data"), "-o", str(tmp_path / "out"), "--split", "test", "--split-file"]
     torch.save(MobileNetV2UNet().state_dict(), tmp_path / "seg.pt")
     torch.save(MobileNetV2Classifier().state_dict(), tmp_path / "cls.pt")
-    weights = ["--segmentation-weights", str(tmp_path / "seg.pt"), "--classification-weights", str(tmp_path / "cls.pt")]
+    weights = ["--segmentation-weights", str(tmp_path / "seg.pt"), "--detection-weights", str(tmp_path / "cls.pt")]
     assert main([*args, str(split), *weights]) == 2
     assert "NOT_THERE_1" in capsys.readouterr().err and not (tmp_path / "out").exists()

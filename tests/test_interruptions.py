@@ -29,9 +29,10 @@ from test_bundles import BUNDLES, SPLIT, copy_bundle, run, workflow
 
 from bt_monai.apps.curves import read_scalars
 from bt_monai.apps.infer import PROGRESS_FILE, ProgressJournal, infer_folder
-from bt_monai.handlers import remove_stale_temporaries
-from bt_monai.inferers import TumorPredictor, load_weights
+from bt_monai.bundle import load_weights
+from bt_monai.inferers import TumorPredictor
 from bt_monai.networks import MobileNetV2Classifier, MobileNetV2UNet
+from bt_monai.utils import remove_stale_temporaries
 
 SEED = int(os.environ.get("BT_MONAI_KILL_SEED", "8"))
 ITERATION = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+)")
@@ -331,9 +332,14 @@ def test_a_second_run_into_the_same_output_at_once_is_refused(predictor, slices,
 
 
 def test_temporary_files_left_by_a_killed_run_are_removed(predictor, slices, tmp_path):
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
     out = tmp_path / "out"
     (out / "masks" / "p0").mkdir(parents=True)
-    stale = [out / "masks" / "p0" / ".s_0.png.ab12cd_3.tmp", out / ".predictions.csv.zz99yy88.tmp"]
+    stale = [
+        out / "masks" / "p0" / f".s_0.png.{finished.pid}.ab12cd_3.tmp",
+        out / f".predictions.csv.{finished.pid}.zz99yy88.tmp",
+    ]
     users = out / ".notes.txt.tmp"
     for path in stale + [users]:
         path.write_bytes(b"partial")

@@ -10,7 +10,8 @@ import tifffile
 import torch
 from PIL import Image
 
-from bt_monai.inferers import TumorPredictor, WeightsError, load_weights
+from bt_monai.bundle import WeightsError, load_weights
+from bt_monai.inferers import TumorPredictor
 from bt_monai.networks import MobileNetV2Classifier, MobileNetV2UNet
 
 
@@ -26,7 +27,7 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def predictor(weights):
     return TumorPredictor.from_bundles(
-        segmentation_weights=weights / "seg.pt", classification_weights=weights / "cls.pt", amp=False
+        segmentation_weights=weights / "seg.pt", detection_weights=weights / "cls.pt", amp=False
     )
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from bt_monai.transforms import (
     BinarizeMask,
     GrayscaleToRGB,
+    RandBatchAugment,
     RandSequenceDropout,
     SelectInputChannels,
     slice_preprocessing,
@@ -108,3 +109,53 @@ def test_remove_small_components_keeps_large_ones_and_the_input_type():
     tensor = RemoveSmallComponentsd("pred", min_size=10)({"pred": torch.as_tensor(mask, dtype=torch.float32)})["pred"]
     assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32 and int(tensor.sum()) == 36
     assert RemoveSmallComponents(0)(mask).sum() == 40
+
+
+# --- batch augmentation (the bundles' training path) ---------------------------------------------------------
+
+
+@pytest.mark.real_data
+def test_batch_augmentation_moves_image_and_mask_together(real_pair):
+    """The per-batch twin of the test above: a mask fed as the image must still coincide with the label."""
+    pre = Compose(slice_preprocessing("image", "label"))(dict(real_pair))
+    label = pre["label"].as_tensor()[None].repeat(8, 1, 1, 1)
+    torch.manual_seed(0)
+    augment = RandBatchAugment(flip_prob=0.5, rotate_prob=1.0, zoom_prob=1.0, scale_prob=0, shift_prob=0, gamma_prob=0)
+    image, warped = augment(label.repeat(1, 3, 1, 1), label)
+    assert set(warped.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(warped, label)  # every sample was rotated and zoomed
+    for i in range(8):
+        agreement = ((image[i, 0] > 0.5) == (warped[i, 0] > 0)).float().mean()
+        assert agreement > 0.995, i
+
+
+def test_batch_augmentation_keeps_images_in_range_and_detection_targets_as_they_are():
+    torch.manual_seed(1)
+    images, targets = torch.rand(16, 3, 32, 32), torch.randint(0, 2, (16, 1)).float()
+    out, same = RandBatchAugment(sequence_dropout=0.5)(images, targets)
+    assert out.shape == images.shape and out.dtype == torch.float32
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    assert torch.equal(same, targets)
+
+
+def test_batch_sequence_dropout_gives_flair_in_every_channel():
+    images = torch.rand(4, 3, 16, 16)
+    plain = {"flip_prob": 0, "rotate_prob": 0, "zoom_prob": 0, "scale_prob": 0, "shift_prob": 0, "gamma_prob": 0}
+    out, _ = RandBatchAugment(sequence_dropout=1.0, **plain)(images, None)
+    assert all(torch.equal(out[:, c], images[:, 1]) for c in range(3))
+    untouched, _ = RandBatchAugment(sequence_dropout=0.0, **plain)(images, None)
+    assert torch.equal(untouched, images)
+
+
+def test_batch_augmentation_is_repeatable_from_the_seed():
+    images, masks = torch.rand(4, 3, 16, 16), (torch.rand(4, 1, 16, 16) > 0.7).float()
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        runs.append(RandBatchAugment(sequence_dropout=0.3)(images, masks))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
+
+
+def test_batch_augmentation_refuses_a_probability_outside_0_1():
+    with pytest.raises(ValueError, match="sequence_dropout must be a probability"):
+        RandBatchAugment(sequence_dropout=1.5)

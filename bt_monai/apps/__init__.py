@@ -1,1 +1,8 @@
-"""Applications on top of the core: folder inference (and, later, evaluation reports and DICOM)."""
+"""Applications: they orchestrate the layers below and hold no formats or metrics of their own.
+
+- :mod:`~bt_monai.apps.infer`: ``bt-monai infer`` over slice files (masks, CSV, resumable runs);
+- :mod:`~bt_monai.apps.dicom`: ``bt-monai infer`` over DICOM folders, series by series (SEG, NIfTI, overlays);
+- :mod:`~bt_monai.apps.evaluate`: ``bt-monai evaluate`` (metrics and the report of a dataset with masks);
+- :mod:`~bt_monai.apps.curves`: ``bt-monai curves`` (a bundle run's TensorBoard logs as a PNG);
+- :mod:`~bt_monai.apps.label`: MONAI Label support (datastore, ``tumor_probability`` strategy, app).
+"""

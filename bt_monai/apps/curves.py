@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from bt_monai.apps.files import atomic_write_bytes
+from bt_monai.utils import atomic_write_bytes
 
 __all__ = ["read_scalars", "plot_training_curves"]
 

@@ -9,25 +9,24 @@ Outputs under OUT (see the README's "DICOM input"):
 - ``OUT/<series folder>/series.json``: what was done for the series (written last: the "done" marker);
 - ``OUT/predictions.csv`` (one row per slice), ``OUT/summary.json`` (per series), ``OUT/skipped.csv``.
 
-Safety: series folder names come from DICOM attributes through :func:`bt_monai.apps.files.safe_name`, so no
+This module orchestrates: DICOM is read by :mod:`bt_monai.data.dicom`, the formats are written by
+:mod:`bt_monai.writers`.
+
+Safety: series folder names come from DICOM attributes through :func:`bt_monai.utils.safe_name`, so no
 value can leave OUT; a series is written into a temporary folder and renamed into place when complete, so an
 interrupted run leaves no half-written output; inputs are never modified nor overwritten (OUT may be INPUT:
-this tool's outputs are never read back as inputs); a re-run reuses the series already done.
+this tool's outputs are never read back as inputs); a re-run reuses the series already done with the same
+slices and the same predictor (:meth:`bt_monai.inferers.TumorPredictor.fingerprint`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import gzip
 import hashlib
-import io
 import json
-import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +34,6 @@ import numpy as np
 from tqdm import tqdm
 
 from bt_monai import __version__
-from bt_monai.apps.files import atomic_write_bytes, inside, safe_name, write_csv
 from bt_monai.data.dicom import (
     DicomFrame,
     DicomScan,
@@ -47,6 +45,16 @@ from bt_monai.data.dicom import (
 )
 from bt_monai.data.readers import slice_format
 from bt_monai.inferers import TumorPredictor
+from bt_monai.utils import (
+    atomic_write_bytes,
+    inside,
+    is_temporary,
+    make_temporary_dir,
+    remove_stale_temporaries,
+    safe_name,
+    write_csv,
+)
+from bt_monai.writers import nifti_bytes, overlay_png, seg_bytes
 
 __all__ = [
     "DICOM_PREDICTION_COLUMNS",
@@ -74,7 +82,6 @@ PATIENT_COLUMNS = ("PatientID", "PatientName")  # left out with anonymize
 REPORTS = ("predictions.csv", "summary.json", "skipped.csv")
 SERIES_MARKER = "series.json"
 SERIES_OUTPUTS = {SERIES_MARKER, "seg.dcm", "mask.nii.gz", "overlays"}  # all a series folder may hold
-TEMPORARY_PREFIX = ".bt_monai-tmp-"
 GENERATOR = "bt_monai DICOM inference"
 
 
@@ -103,8 +110,8 @@ class DicomRunSummary:
 
 
 def _is_own_output_dir(folder: Path) -> bool:
-    """A folder this tool wrote (a finished series folder, or a temporary one): never an input."""
-    return folder.name.startswith(TEMPORARY_PREFIX) or _read_marker(folder) is not None
+    """A folder this tool wrote (a finished series folder, or a temporary one in progress): never an input."""
+    return is_temporary(folder) or _read_marker(folder) is not None
 
 
 def looks_like_dicom_input(source: str | os.PathLike) -> bool:
@@ -169,170 +176,15 @@ def _ours_for(folder: Path, series: DicomSeries) -> bool:
     )
 
 
-def _remove_stale_temporaries(output: Path) -> None:
-    """Remove temporary folders left by interrupted runs (their process is gone); never anything else."""
-    for folder in output.glob(TEMPORARY_PREFIX + "*"):
-        try:
-            pid = int(folder.name[len(TEMPORARY_PREFIX) :].split("-")[0])
-        except ValueError:
-            continue
-        if pid != os.getpid():
-            try:
-                os.kill(pid, 0)  # still running (another run into the same OUT): leave it
-                continue
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-        if folder.is_dir() and not folder.is_symlink():
-            shutil.rmtree(folder, ignore_errors=True)
-
-
 def _publish(temporary: Path, target: Path) -> None:
     """Move a finished series folder into place; an older one of ours is swapped out, then removed."""
     old = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-old-", dir=target.parent))
+        old = make_temporary_dir(target.parent, target.name)
         os.replace(target, old / "series")
     os.replace(temporary, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-# --- writers ------------------------------------------------------------------------------------------------
-
-
-def overlay_png(pixels: np.ndarray, mask: np.ndarray) -> bytes:
-    """An RGB PNG of the slice (``(H, W)`` or ``(H, W, 3)``, any range; windowed to its 0.5-99.5th percentile)
-    with the ``(H, W)`` mask in translucent red and its outline in solid red."""
-    from PIL import Image
-    from scipy import ndimage
-
-    gray = pixels.mean(-1) if pixels.ndim == 3 else pixels
-    low, high = np.percentile(gray, (0.5, 99.5))
-    gray = np.clip((gray - low) / max(float(high - low), 1e-6), 0, 1)
-    rgb = np.repeat(gray[..., None], 3, -1)
-    tumor = mask > 0
-    rgb[tumor] = 0.6 * rgb[tumor] + 0.4 * np.array([1.0, 0.0, 0.0])
-    rgb[tumor & ~ndimage.binary_erosion(tumor)] = (1.0, 0.1, 0.1)
-    buffer = io.BytesIO()
-    # Fast zlib level: on a busy series the overlays must not cost a fraction of the model's time.
-    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def nifti_bytes(masks: list[np.ndarray], affine: np.ndarray) -> bytes:
-    """Gzipped NIfTI-1 of ``(H, W)`` masks stacked as a ``(W, H, D)`` uint8 volume (0/1) with ``affine`` (RAS)."""
-    import nibabel as nib
-
-    volume = np.stack([m.T for m in masks], axis=-1).astype(np.uint8)
-    image = nib.Nifti1Image(volume, affine)
-    image.set_qform(affine, code=1)  # scanner coordinates: overlays the source in research viewers
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm")
-    return gzip.compress(image.to_bytes(), compresslevel=6)
-
-
-# Type 2 attributes (present, possibly empty) of the modules a SEG copies from its source; some exports omit them.
-_TYPE2_FOR_SEG = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "AccessionNumber",
-    "StudyID",
-)
-
-
-@contextlib.contextmanager
-def _quiet(*names: str) -> Iterator[None]:
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-def seg_bytes(series: DicomSeries, frames: list[DicomFrame], masks: list[np.ndarray]) -> bytes:
-    """A DICOM SEG (binary, segment 1 "Tumor") of ``masks`` (``(H, W)`` 0/1, one per frame) over their sources.
-
-    Single-frame sources: one referenced instance per predicted slice. A multi-frame source: one frame per
-    source frame (frames not predicted are empty). Empty frames are omitted (highdicom keeps them all when
-    every frame is empty). Raises ``ValueError`` with the reason when no SEG can be made for this series.
-    """
-    import highdicom as hd
-    import pydicom
-    from pydicom.sr.codedict import codes
-
-    paths = list(dict.fromkeys(f.path for f in frames))
-    with _quiet("pydicom"):
-        headers = {p: pydicom.dcmread(p, stop_before_pixels=True) for p in paths}
-    for header in headers.values():
-        for keyword in _TYPE2_FOR_SEG:
-            if keyword not in header:
-                setattr(header, keyword, "")
-    multiframe = [
-        h for h in headers.values() if int(h.get("NumberOfFrames") or 1) > 1 or "PerFrameFunctionalGroupsSequence" in h
-    ]
-    if multiframe and len(paths) > 1:
-        raise ValueError(
-            f"the series holds {len(paths)} objects of a multi-frame (enhanced) type: a DICOM SEG can reference "
-            "only one such object (the NIfTI mask and the overlays cover the series)"
-        )
-    if any(f.frame is not None for f in frames):
-        (header,) = headers.values()
-        array = np.zeros((int(header.NumberOfFrames), frames[0].rows, frames[0].columns), dtype=bool)
-        for frame, mask in zip(frames, masks, strict=True):
-            array[frame.frame] = mask > 0
-        sources = [header]
-    else:
-        array = np.stack([m > 0 for m in masks])
-        sources = [headers[f.path] for f in frames]
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Tumor",
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Neoplasm,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="bt_monai MobileNetV2 U-Net", family=codes.cid7162.ArtificialIntelligence, version=__version__
-        ),
-    )
-    try:
-        source_number = abs(int(series.attributes.get("SeriesNumber") or 0))
-    except ValueError:
-        source_number = 0
-    with _quiet("highdicom", "pydicom"):
-        seg = hd.seg.Segmentation(
-            source_images=sources,
-            pixel_array=array,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[description],
-            series_instance_uid=hd.UID(),
-            series_number=min(1000 + source_number, 2**31 - 1),  # beside its source series in viewers
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer="bt_monai",
-            manufacturer_model_name="bt_monai brain tumor segmentation",
-            software_versions=__version__,
-            device_serial_number="none",
-            content_label="TUMOR",
-            content_description="Tumor segmentation, research use only",
-        )
-        seg.SeriesDescription = f"Tumor SEG {series.attributes.get('SeriesDescription', '')}".strip()[:64]
-        buffer = io.BytesIO()
-        seg.save_as(buffer)
-    return buffer.getvalue()
-
-
-# --- the run ------------------------------------------------------------------------------------------------
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -358,33 +210,65 @@ def _series_entry(series: DicomSeries, folder: str | None, anonymize: bool) -> d
     return entry
 
 
-def _process_series(
-    predictor: TumorPredictor,
-    series: DicomSeries,
-    folder: str,
-    temporary: Path,
-    root: Path,
-    always_seg: bool,
-    batch_size: int,
-    skip,
-    progress: tqdm,
-) -> tuple[dict, list[dict]]:
-    """Predict every slice of ``series`` and write its outputs into ``temporary``; return (summary, rows)."""
+def _patient(series: DicomSeries, anonymize: bool) -> dict:
+    if anonymize:
+        return {}
+    return {
+        "PatientID": series.attributes.get("PatientID", ""),
+        "PatientName": series.attributes.get("PatientName", ""),
+    }
+
+
+# --- one series ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _SeriesJob:
+    """One series to predict: where its outputs go, and how its skipped slices are reported."""
+
+    series: DicomSeries
+    folder: str  # its folder's name in OUT
+    temporary: Path  # where its outputs are written until they are complete
+    root: Path  # the input folder, which reported paths are relative to
+    skip: Callable[[str, str], None]  # skip(label, reason): record a slice left out
+    progress: tqdm
+
+
+def _prediction_row(job: _SeriesJob, frame: DicomFrame, prediction, index: int, overlay: str) -> dict:
+    return {
+        "path": _relative(frame.path, job.root),
+        "tumor_probability": f"{prediction.tumor_probability:.6f}",
+        "tumor": prediction.tumor,
+        "tumor_area_px": prediction.tumor_area_px,
+        "SeriesInstanceUID": job.series.uid,
+        "SOPInstanceUID": frame.sop_instance_uid,
+        "InstanceNumber": "" if frame.instance_number is None else frame.instance_number,
+        "frame": "" if frame.frame is None else frame.frame + 1,
+        "slice_index": index,
+        "series_folder": job.folder,
+        "overlay": overlay,
+    }
+
+
+def _predict_series(
+    predictor: TumorPredictor, job: _SeriesJob, batch_size: int
+) -> tuple[list[DicomFrame], list[np.ndarray], list[dict]]:
+    """Decode and predict every slice of the series, writing the overlays: (slices done, masks, rows)."""
     frames: dict[str, DicomFrame] = {}
     pending: dict[str, np.ndarray] = {}  # decoded pixels awaiting their prediction (for the overlays)
 
     def decoded() -> Iterator[tuple[str, np.ndarray]]:
-        for index, (frame, pixels) in enumerate(iter_frame_pixels(series.frames)):
-            progress.update()
+        for index, (frame, pixels) in enumerate(iter_frame_pixels(job.series.frames)):
+            job.progress.update()
             if isinstance(pixels, Exception):
-                skip(frame.label, f"pixel data could not be decoded: {type(pixels).__name__}: {pixels}")
+                job.skip(frame.label, f"pixel data could not be decoded: {type(pixels).__name__}: {pixels}")
                 continue
             key = str(index)
             frames[key], pending[key] = frame, pixels
             yield key, to_channel_first(pixels)
 
     def failed(key: str, error: Exception) -> None:
-        skip(frames[key].label, f"{type(error).__name__}: {error}".splitlines()[0])
+        job.skip(frames[key].label, f"{type(error).__name__}: {error}".splitlines()[0])
         pending.pop(key, None)
 
     done: list[DicomFrame] = []
@@ -395,70 +279,256 @@ def _process_series(
         overlay = ""
         if prediction.tumor or prediction.tumor_area_px:
             name = f"overlays/{len(done) + 1:04d}.png"
-            atomic_write_bytes(temporary / name, overlay_png(pixels, prediction.mask))
-            overlay = f"{folder}/{name}"
-        rows.append(
-            {
-                "path": _relative(frame.path, root),
-                "tumor_probability": f"{prediction.tumor_probability:.6f}",
-                "tumor": prediction.tumor,
-                "tumor_area_px": prediction.tumor_area_px,
-                "SeriesInstanceUID": series.uid,
-                "SOPInstanceUID": frame.sop_instance_uid,
-                "InstanceNumber": "" if frame.instance_number is None else frame.instance_number,
-                "frame": "" if frame.frame is None else frame.frame + 1,
-                "slice_index": len(done) + 1,
-                "series_folder": folder,
-                "overlay": overlay,
-            }
-        )
+            atomic_write_bytes(job.temporary / name, overlay_png(pixels, prediction.mask))
+            overlay = f"{job.folder}/{name}"
+        rows.append(_prediction_row(job, frame, prediction, len(done) + 1, overlay))
         done.append(frame)
         masks.append(prediction.mask)
+    return done, masks, rows
 
-    summary: dict = {"slices": len(done), "tumor_slices": sum(int(r["tumor"]) for r in rows)}
-    if not done:
-        raise SeriesSkipped("no slice of this series could be decoded (reasons in skipped.csv)")
-    predicted = series.with_frames(done)
+
+def _series_summary(predicted: DicomSeries, masks: list[np.ndarray], rows: list[dict]) -> dict:
+    """The numbers of a predicted series (``predicted``: the series restricted to the slices done)."""
     tumor_px = int(sum(int(m.sum()) for m in masks))
     spacing, spacing_note = predicted.slice_spacing()
     pixel_spacing = predicted.pixel_spacing()
-    volume = (
-        None if spacing is None or pixel_spacing is None else tumor_px * pixel_spacing[0] * pixel_spacing[1] * spacing
-    )
-    summary.update(
-        {
-            "max_tumor_probability": round(max(float(r["tumor_probability"]) for r in rows), 6),
-            "tumor_area_px": tumor_px,
-            "tumor_volume_mm3": None if volume is None else round(volume, 3),
-            "pixel_spacing_mm": None if pixel_spacing is None else list(pixel_spacing),
-            "slice_spacing_mm": None if spacing is None else round(spacing, 6),
-            "ordered_by": series.ordered_by,
-            "notes": [n for n in (spacing_note,) if n],
-        }
-    )
-    outputs: dict = {"overlays": sum(1 for r in rows if r["overlay"])}
+    volume = predicted.volume_mm3(tumor_px)
+    return {
+        "slices": len(rows),
+        "tumor_slices": sum(int(r["tumor"]) for r in rows),
+        "max_tumor_probability": round(max(float(r["tumor_probability"]) for r in rows), 6),
+        "tumor_area_px": tumor_px,
+        "tumor_volume_mm3": None if volume is None else round(volume, 3),
+        "pixel_spacing_mm": None if pixel_spacing is None else list(pixel_spacing),
+        "slice_spacing_mm": None if spacing is None else round(spacing, 6),
+        "ordered_by": predicted.ordered_by,
+        "notes": [n for n in (spacing_note,) if n],
+    }
+
+
+def _write_volumes(
+    job: _SeriesJob, predicted: DicomSeries, masks: list[np.ndarray], summary: dict, always_seg: bool
+) -> dict:
+    """Write the NIfTI mask and the DICOM SEG of a predicted series; return what was written (notes added)."""
+    outputs: dict = {}
     affine, affine_note = predicted.affine()
-    if spacing is None and len(done) > 1:
+    if predicted.slice_spacing()[0] is None and len(masks) > 1:
         outputs["nifti"] = None
         summary["notes"].append("no NIfTI volume: the slices do not form one volume")
     else:
-        atomic_write_bytes(temporary / "mask.nii.gz", nifti_bytes(masks, affine))
-        outputs["nifti"] = f"{folder}/mask.nii.gz"
+        atomic_write_bytes(job.temporary / "mask.nii.gz", nifti_bytes(masks, affine))
+        outputs["nifti"] = f"{job.folder}/mask.nii.gz"
         if affine_note:
             summary["notes"].append(affine_note)
     outputs["seg"] = None
-    if tumor_px or always_seg:
+    if summary["tumor_area_px"] or always_seg:
         try:
-            atomic_write_bytes(temporary / "seg.dcm", seg_bytes(series, done, masks))
-            outputs["seg"] = f"{folder}/seg.dcm"
+            atomic_write_bytes(job.temporary / "seg.dcm", seg_bytes(job.series, predicted.frames, masks))
+            outputs["seg"] = f"{job.folder}/seg.dcm"
         except ImportError:
             outputs["seg_error"] = "highdicom is not installed (pip install 'bt_monai[dicom]')"
         except Exception as e:  # a source the SEG standard cannot reference (no frame of reference, ...)
             outputs["seg_error"] = f"{type(e).__name__}: {e}".splitlines()[0]
     else:
         summary["notes"].append("no DICOM SEG: no tumor pixel found (--always-seg writes an empty one)")
-    summary["outputs"] = outputs
+    return outputs
+
+
+def _process_series(
+    predictor: TumorPredictor, job: _SeriesJob, batch_size: int, always_seg: bool
+) -> tuple[dict, list[dict]]:
+    """Predict every slice of the series and write its outputs into ``job.temporary``; return (summary, rows)."""
+    done, masks, rows = _predict_series(predictor, job, batch_size)
+    if not done:
+        raise SeriesSkipped("no slice of this series could be decoded (reasons in skipped.csv)")
+    predicted = job.series.with_frames(done)
+    summary = _series_summary(predicted, masks, rows)
+    overlays = sum(1 for r in rows if r["overlay"])
+    summary["outputs"] = {"overlays": overlays, **_write_volumes(job, predicted, masks, summary, always_seg)}
     return summary, rows
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """One run of :func:`infer_dicom`: its settings, and what it has done so far."""
+
+    predictor: TumorPredictor
+    output: Path
+    root: Path  # the input folder, which reported paths are relative to
+    anonymize: bool
+    always_seg: bool
+    overwrite: bool
+    batch_size: int
+    models: str  # what makes the masks (the predictor's fingerprint): a finished series is reused only for it
+    summary: DicomRunSummary = field(default_factory=DicomRunSummary)
+    entries: list[dict] = field(default_factory=list)  # the "series" of summary.json
+    rows: list[dict] = field(default_factory=list)  # the rows of predictions.csv
+    used: set[str] = field(default_factory=set)  # the series folder names this run has taken
+
+    def skip(self, label: str, reason: str) -> None:
+        """Record a skipped file (``label``: a path, or "path [frame n]") relative to the input folder."""
+        path, _, frame = label.partition(" [frame ")
+        shown = _relative(Path(path), self.root) + (f" [frame {frame}" if frame else "")
+        self.summary.skipped.append((shown, reason))
+
+    def skip_series(self, series: DicomSeries, reason: str) -> None:
+        self.entries.append({**_series_entry(series, None, self.anonymize), "status": "skipped", "reason": reason})
+        skipped = {"series_instance_uid": series.uid, "modality": series.modality, "reason": reason}
+        self.summary.skipped_series.append(skipped)
+
+    def record(self, series: DicomSeries, folder: str, status: str, summary: dict, rows: list[dict]) -> None:
+        """Add a series done (``status``: now or earlier) to the reports and the totals."""
+        self.entries.append({**_series_entry(series, folder, self.anonymize), "status": status, **summary})
+        self.rows += [{**row, **_patient(series, self.anonymize)} for row in rows]
+        self.summary.slices += summary["slices"]
+        self.summary.tumor_slices += summary["tumor_slices"]
+
+
+def _require_pydicom_3() -> None:
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) < 3:  # its pixel API (pydicom.pixels) is new in 3
+        raise ValueError(
+            f"DICOM folder inference needs pydicom 3, this environment has {pydicom.__version__}: "
+            "pip install 'bt_monai[dicom]' (in a venv without the MONAI Label extra)"
+        )
+
+
+def _scan(source: Path, output: Path) -> DicomScan:
+    """The series below ``source``, leaving out this tool's outputs (OUT may lie inside INPUT)."""
+    own_reports = {os.path.realpath(output / name) for name in REPORTS}
+    return scan_dicom_folder(
+        source,
+        skip_dir=_is_own_output_dir,
+        skip_file=lambda p: os.path.realpath(p) in own_reports,
+    )
+
+
+def _choose_series(run: _Run, scan: DicomScan, all_modalities: bool) -> list[DicomSeries]:
+    """The series to process: MR ones (all with ``all_modalities``); the others are skipped with the reason."""
+    chosen = []
+    for series in scan.series:
+        if series.modality == "MR" or all_modalities:
+            chosen.append(series)
+            continue
+        reason = f"modality {series.modality or 'unknown'}, not MR (--all-modalities processes it)"
+        run.skip_series(series, reason)
+        for path in series.instance_paths():
+            run.skip(str(path), f"series {series.uid}: {reason}")
+    return chosen
+
+
+def _folder_for(run: _Run, series: DicomSeries) -> str:
+    """The name of the series' folder in OUT: its own name, numbered when that folder holds something else."""
+    name = series_folder_name(series, run.anonymize)
+    base, n = name, 1
+    while name in run.used or ((run.output / name).exists() and not _ours_for(run.output / name, series)):
+        n += 1  # a folder of that name holds something else (another series, a user's files): leave it
+        name = f"{base}_{n}"
+    run.used.add(name)
+    if not inside(run.output / name, run.output):  # safe_name makes this impossible; checked all the same
+        raise RuntimeError(f"refusing to write outside {run.output}: {run.output / name}")
+    return name
+
+
+def _reuse(run: _Run, series: DicomSeries, folder: str, fingerprint: dict) -> bool:
+    """Whether an earlier run finished ``folder`` with these slices and this predictor; if so, report it."""
+    target = run.output / folder
+    marker = _read_marker(target) if target.exists() else None
+    if not marker or run.overwrite or marker.get("fingerprint") != fingerprint or "rows" not in marker:
+        return False
+    run.record(series, folder, "done earlier", marker["summary"], marker["rows"])
+    run.summary.reused.append(folder)
+    return True
+
+
+def _finish(job: _SeriesJob, target: Path, fingerprint: dict, summary: dict, rows: list[dict]) -> None:
+    """Write the series' marker (last: it says the folder is complete) and move the folder into place."""
+    marker = {
+        "generator": GENERATOR,
+        "version": __version__,
+        "series_instance_uid": job.series.uid,
+        "fingerprint": fingerprint,
+        "summary": summary,
+        "rows": rows,  # no patient name or ID here: the reports add them from the headers unless anonymized
+    }
+    atomic_write_bytes(job.temporary / SERIES_MARKER, json.dumps(marker, indent=1).encode())
+    _publish(job.temporary, target)
+
+
+def _run_series(run: _Run, series: DicomSeries, progress: tqdm) -> None:
+    """Reuse the series' finished folder, or predict the series into a temporary folder and publish it."""
+    folder = _folder_for(run, series)
+    fingerprint = {"slices": _fingerprint(series), "models": run.models}
+    if _reuse(run, series, folder, fingerprint):
+        progress.update(len(series.frames))
+        return
+    job = _SeriesJob(series, folder, make_temporary_dir(run.output, folder), run.root, run.skip, progress)
+    try:
+        summary, rows = _process_series(run.predictor, job, run.batch_size, run.always_seg)
+        _finish(job, run.output / folder, fingerprint, summary, rows)
+    except SeriesSkipped as e:
+        shutil.rmtree(job.temporary, ignore_errors=True)
+        run.skip_series(series, str(e))
+        return
+    except BaseException:
+        shutil.rmtree(job.temporary, ignore_errors=True)
+        raise
+    run.record(series, folder, "processed", summary, rows)
+    run.summary.processed.append(folder)
+    if summary["outputs"].get("seg_error"):
+        run.summary.warnings.append(f"{folder}: no DICOM SEG: {summary['outputs']['seg_error']}")
+
+
+def _input(source: str | os.PathLike) -> tuple[Path, Path]:
+    """(what to scan, the folder reported paths are relative to) for a folder, a DICOMDIR or one file."""
+    source = Path(source).expanduser()
+    if source.is_file() and source.name.upper() == "DICOMDIR":
+        source = source.parent  # the DICOMDIR lists the files of its folder: scan the folder
+    return source, source if source.is_dir() else source.parent
+
+
+def _run_all(run: _Run, chosen: list[DicomSeries]) -> None:
+    """Each chosen series in turn, with progress bars (series, slices) on a terminal."""
+    progress = tqdm(total=sum(len(s.frames) for s in chosen), desc="slices", unit="slice", disable=None, position=1)
+    try:
+        for series in tqdm(chosen, desc="series", unit="series", disable=None, position=0):
+            _run_series(run, series, progress)
+    finally:
+        progress.close()
+
+
+def _write_reports(run: _Run, source: Path, options: dict, provenance: dict | None) -> None:
+    """``predictions.csv``, ``skipped.csv`` and ``summary.json`` of the run."""
+    columns = DICOM_PREDICTION_COLUMNS + (() if run.anonymize else PATIENT_COLUMNS)
+    write_csv(run.output / "predictions.csv", columns, ([row.get(c, "") for c in columns] for row in run.rows))
+    write_csv(run.output / "skipped.csv", ("path", "reason"), run.summary.skipped)
+    predictor = run.predictor
+    settings = {
+        "threshold": predictor.threshold,
+        "detection_threshold": predictor.detection_threshold,
+        "gate_masks": predictor.gate_masks,
+        "min_component_px": predictor.min_component_px,
+    }
+    report = {
+        "generator": {"name": "bt_monai", "version": __version__},
+        "input": str(source),
+        "options": {**options, **settings},
+        "models": provenance,
+        "totals": {
+            "series_processed": len(run.summary.processed),
+            "series_done_earlier": len(run.summary.reused),
+            "series_skipped": len(run.summary.skipped_series),
+            "slices": run.summary.slices,
+            "tumor_slices": run.summary.tumor_slices,
+            "files_skipped": len(run.summary.skipped),
+        },
+        "series": run.entries,
+    }
+    atomic_write_bytes(run.output / "summary.json", (json.dumps(report, indent=2) + "\n").encode())
 
 
 def infer_dicom(
@@ -479,156 +549,32 @@ def infer_dicom(
         source: a folder of DICOM files (any nesting and names, DICOMDIR allowed), a DICOMDIR or one file.
         all_modalities: also process series that are not MR (otherwise skipped, with the reason).
         always_seg: write a DICOM SEG even when no tumor pixel was found (an empty segment).
-        overwrite: redo series an earlier run already finished (default: reuse them).
+        overwrite: redo series an earlier run already finished (default: reuse those made with the same
+            slices and the same predictor, i.e. the same :meth:`TumorPredictor.fingerprint`).
         anonymize: no PatientID / PatientName in the reports, nor in folder names.
         provenance: what the models are (e.g. :func:`bt_monai.inferers.predictor.bundle_provenance`), for
             ``summary.json``.
 
     Returns the run's summary; the run has done something useful when ``summary.series_done > 0``.
     """
-    import pydicom
-
-    if int(pydicom.__version__.split(".")[0]) < 3:  # its pixel API (pydicom.pixels) is new in 3
-        raise ValueError(
-            f"DICOM folder inference needs pydicom 3, this environment has {pydicom.__version__}: "
-            "pip install 'bt_monai[dicom]' (in a venv without the MONAI Label extra)"
-        )
-    source, output = Path(source).expanduser(), Path(output).expanduser()
-    if source.is_file() and source.name.upper() == "DICOMDIR":
-        source = source.parent  # the DICOMDIR lists the files of its folder: scan the folder
-    root = source if source.is_dir() else source.parent
+    _require_pydicom_3()
+    source, root = _input(source)
+    output = Path(output).expanduser()
     output.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(output)
-    own_reports = {os.path.realpath(output / name) for name in REPORTS}
-    scan: DicomScan = scan_dicom_folder(
-        source,
-        skip_dir=_is_own_output_dir,
-        skip_file=lambda p: os.path.realpath(p) in own_reports,
-    )
-    run = DicomRunSummary()
-    settings = {
-        "threshold": predictor.threshold,
-        "gate_masks": predictor.gate_masks,
-        "min_component_px": predictor.min_component_px,
-    }
-    # What made the masks: a finished series is reused only when its slices and this are unchanged.
-    models = hashlib.sha256(json.dumps([provenance, settings], sort_keys=True, default=str).encode()).hexdigest()
-
-    def skip(label: str, reason: str) -> None:
-        """Record a skipped file (``label``: a path, or "path [frame n]") relative to the input folder."""
-        path, _, frame = label.partition(" [frame ")
-        run.skipped.append((_relative(Path(path), root) + (f" [frame {frame}" if frame else ""), reason))
-
+    remove_stale_temporaries(output)
+    scan = _scan(source, output)
+    run = _Run(predictor, output, root, anonymize, always_seg, overwrite, batch_size, predictor.fingerprint())
     for label, reason in scan.skipped:
-        skip(label, reason)
-
-    entries: list[dict] = []
-    all_rows: list[dict] = []
-    to_process = []
-
-    def skip_series(series: DicomSeries, reason: str) -> None:
-        entries.append({**_series_entry(series, None, anonymize), "status": "skipped", "reason": reason})
-        run.skipped_series.append({"series_instance_uid": series.uid, "modality": series.modality, "reason": reason})
-
-    for series in scan.series:
-        if series.modality != "MR" and not all_modalities:
-            reason = f"modality {series.modality or 'unknown'}, not MR (--all-modalities processes it)"
-            skip_series(series, reason)
-            for path in series.instance_paths():
-                skip(str(path), f"series {series.uid}: {reason}")
-            continue
-        to_process.append(series)
-
-    used: set[str] = set()
-    slice_bar = tqdm(
-        total=sum(len(s.frames) for s in to_process), desc="slices", unit="slice", disable=None, position=1
-    )
-    for series in tqdm(to_process, desc="series", unit="series", disable=None, position=0):
-        name = series_folder_name(series, anonymize)
-        base, n = name, 1
-        while name in used or ((output / name).exists() and not _ours_for(output / name, series)):
-            n += 1  # a folder of that name holds something else (another series, a user's files): leave it
-            name = f"{base}_{n}"
-        used.add(name)
-        target = output / name
-        if not inside(target, output):  # safe_name makes this impossible; checked all the same
-            raise RuntimeError(f"refusing to write outside {output}: {target}")
-        marker = _read_marker(target) if target.exists() else None
-        fingerprint = {"slices": _fingerprint(series), "models": models}
-        if marker and not overwrite and marker.get("fingerprint") == fingerprint and "rows" in marker:
-            entries.append({**_series_entry(series, name, anonymize), "status": "done earlier", **marker["summary"]})
-            all_rows += [{**row, **_patient(series, anonymize)} for row in marker["rows"]]
-            run.reused.append(name)
-            run.slices += marker["summary"]["slices"]
-            run.tumor_slices += marker["summary"]["tumor_slices"]
-            slice_bar.update(len(series.frames))
-            continue
-        temporary = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", dir=output))
-        try:
-            summary, rows = _process_series(
-                predictor, series, name, temporary, root, always_seg, batch_size, skip, slice_bar
-            )
-        except SeriesSkipped as e:
-            shutil.rmtree(temporary, ignore_errors=True)
-            skip_series(series, str(e))
-            continue
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
-        marker = {
-            "generator": GENERATOR,
-            "version": __version__,
-            "series_instance_uid": series.uid,
-            "fingerprint": fingerprint,
-            "summary": summary,
-            "rows": rows,  # no patient name or ID here: the reports add them from the headers unless anonymized
-        }
-        atomic_write_bytes(temporary / SERIES_MARKER, json.dumps(marker, indent=1).encode())
-        _publish(temporary, target)
-        entries.append({**_series_entry(series, name, anonymize), "status": "processed", **summary})
-        all_rows += [{**row, **_patient(series, anonymize)} for row in rows]
-        run.processed.append(name)
-        if summary["outputs"].get("seg_error"):
-            run.warnings.append(f"{name}: no DICOM SEG: {summary['outputs']['seg_error']}")
-        run.slices += summary["slices"]
-        run.tumor_slices += summary["tumor_slices"]
-    slice_bar.close()
-
-    columns = DICOM_PREDICTION_COLUMNS + (() if anonymize else PATIENT_COLUMNS)
-    write_csv(output / "predictions.csv", columns, ([row.get(c, "") for c in columns] for row in all_rows))
-    write_csv(output / "skipped.csv", ("path", "reason"), run.skipped)
-    report = {
-        "generator": {"name": "bt_monai", "version": __version__},
-        "input": str(source),
-        "options": {
-            "all_modalities": all_modalities,
-            "always_seg": always_seg,
-            "overwrite": overwrite,
-            "anonymize": anonymize,
-            **settings,
-        },
-        "models": provenance,
-        "totals": {
-            "series_processed": len(run.processed),
-            "series_done_earlier": len(run.reused),
-            "series_skipped": len(run.skipped_series),
-            "slices": run.slices,
-            "tumor_slices": run.tumor_slices,
-            "files_skipped": len(run.skipped),
-        },
-        "series": entries,
+        run.skip(label, reason)
+    _run_all(run, _choose_series(run, scan, all_modalities))
+    options = {
+        "all_modalities": all_modalities,
+        "always_seg": always_seg,
+        "overwrite": overwrite,
+        "anonymize": anonymize,
     }
-    atomic_write_bytes(output / "summary.json", (json.dumps(report, indent=2) + "\n").encode())
-    return run
-
-
-def _patient(series: DicomSeries, anonymize: bool) -> dict:
-    if anonymize:
-        return {}
-    return {
-        "PatientID": series.attributes.get("PatientID", ""),
-        "PatientName": series.attributes.get("PatientName", ""),
-    }
+    _write_reports(run, source, options, provenance)
+    return run.summary
 
 
 def read_predictions(output: str | os.PathLike) -> list[dict]:

@@ -20,17 +20,17 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from tqdm import tqdm
 
-from bt_monai.apps.files import inside, write_csv, write_mask_png
 from bt_monai.data import discover_images
 from bt_monai.data.readers import strip_image_suffix
 from bt_monai.inferers import TumorPredictor
+from bt_monai.utils import inside, remove_stale_temporaries, write_csv
+from bt_monai.writers.masks import write_mask_png
 
 try:
     import fcntl
@@ -41,8 +41,6 @@ __all__ = ["PREDICTION_COLUMNS", "PROGRESS_FILE", "InferenceSummary", "ProgressJ
 
 PREDICTION_COLUMNS = ("path", "tumor_probability", "tumor", "tumor_area_px")
 PROGRESS_FILE = ".bt_monai_infer_progress.csv"
-# The temporary files of bt_monai.apps.files.atomic_write_bytes: ".<name>.<8 random characters>.tmp".
-_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 @dataclass
@@ -140,19 +138,6 @@ class ProgressJournal:
         self.path.unlink(missing_ok=True)
 
 
-def _remove_stale_temporaries(output: Path) -> None:
-    """Remove the hidden temporary files (``.<name>.<random>.tmp``) that killed runs left among our outputs.
-
-    Only called while holding the :class:`ProgressJournal` lock: no other run is writing them.
-    """
-    folders = [output] + [Path(d) for d, _, _ in os.walk(output / "masks")]
-    for folder in folders:
-        for path in folder.glob(".*.tmp"):
-            ours = path.name.startswith((".predictions.csv.", ".skipped.csv.")) or folder != output
-            if ours and _TEMPORARY.match(path.name) and path.is_file() and not path.is_symlink():
-                path.unlink(missing_ok=True)
-
-
 def infer_folder(
     predictor: TumorPredictor,
     source: str | os.PathLike,
@@ -175,7 +160,8 @@ def infer_folder(
     summary, rows = InferenceSummary(), {}
 
     with ProgressJournal(output / PROGRESS_FILE, fingerprint) as journal:
-        _remove_stale_temporaries(output)
+        remove_stale_temporaries(output)  # killed runs' half-written reports and masks
+        remove_stale_temporaries(output / "masks", recursive=True)
         by_relative = {r: p for p, r in relatives.items()}
         for row in ({} if overwrite else journal.finished()).values():
             path, mask, state = row[0], row[len(PREDICTION_COLUMNS)], tuple(row[len(PREDICTION_COLUMNS) + 1 :])

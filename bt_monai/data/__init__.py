@@ -1,7 +1,8 @@
-"""Data layer: slice readers, dataset discovery and the patient-level datalist."""
+"""Data layer: slice readers, dataset discovery, the patient-level datalist, samplers and DICOM (``dicom/``)."""
 
 from bt_monai.data.datalist import (
     SPLITS,
+    check_split_sizes,
     datalist_entry,
     load_or_make_datalist,
     make_datalist,
@@ -9,6 +10,7 @@ from bt_monai.data.datalist import (
     split_patients,
     write_datalist,
 )
+from bt_monai.data.dicom import DicomSliceReader
 from bt_monai.data.discovery import (
     DatasetError,
     SliceRecord,
@@ -18,7 +20,8 @@ from bt_monai.data.discovery import (
     mask_has_tumor,
     mask_path_for,
 )
-from bt_monai.data.readers import DicomSliceReader, NiftiSliceReader, TiffReader, slice_format
+from bt_monai.data.readers import NiftiSliceReader, SliceLoader, TiffReader, slice_format
+from bt_monai.data.samplers import TumorSliceSampler, tumor_slice_weights
 from bt_monai.data.synthetic import make_synthetic_kaggle3m
 
 __all__ = [
@@ -26,8 +29,11 @@ __all__ = [
     "DatasetError",
     "DicomSliceReader",
     "NiftiSliceReader",
+    "SliceLoader",
     "SliceRecord",
+    "check_split_sizes",
     "TiffReader",
+    "TumorSliceSampler",
     "datalist_entry",
     "discover_images",
     "discover_kaggle3m",
@@ -40,5 +46,6 @@ __all__ = [
     "patients_in_split",
     "slice_format",
     "split_patients",
+    "tumor_slice_weights",
     "write_datalist",
 ]

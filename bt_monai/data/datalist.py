@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from bt_monai.data.discovery import DatasetError, SliceRecord, discover_kaggle3m, slice_problem
+from bt_monai.utils import atomic_write_bytes
 
 __all__ = [
+    "check_split_sizes",
     "patients_in_split",
     "SPLITS",
     "datalist_entry",
@@ -119,24 +120,15 @@ def make_datalist(
 def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:
     """Write ``datalist`` as JSON atomically (a temporary file renamed into place)."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(datalist, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, (json.dumps(datalist, indent=2) + "\n").encode())
     return path
 
 
 def _usable_entries(datalist: dict, source: Path) -> dict:
     """Drop (with one warning each, naming the file and the reason) entries whose files cannot be used."""
-    from bt_monai.transforms.array import LoadSlice
+    from bt_monai.data.readers import SliceLoader
 
-    loader = LoadSlice()
+    loader = SliceLoader()
     problems: list[str] = []
     for split in SPLITS:
         kept = []
@@ -222,3 +214,20 @@ def patients_in_split(split_file: str | os.PathLike, split: str) -> list[str]:
     if not patients:
         raise DatasetError(f"{path} names no patient in its {split!r} split")
     return patients
+
+
+def check_split_sizes(datalist: dict, processes: int, splits: Sequence[str] = ("training", "validation")) -> bool:
+    """Refuse a distributed run (``processes`` ranks) in which a split has fewer slices than ranks.
+
+    MONAI's ``DistributedSampler`` stops such a run from deep inside with "the dataset length is less than
+    the number of participating ranks"; this names the split and what to do instead. Returns True when fine.
+    """
+    for split in splits:
+        n = len(datalist.get(split) or [])
+        if n < processes:
+            raise DatasetError(
+                f"the {split} split holds {n} slice(s), fewer than the {processes} training processes: run with "
+                f"at most {max(n, 1)} process(es) (torchrun --nproc_per_node), or give the split more patients "
+                "(--val_fraction, or a datalist with more entries)"
+            )
+    return True

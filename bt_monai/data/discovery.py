@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +25,15 @@ __all__ = [
     "is_mask_file",
     "mask_has_tumor",
     "mask_path_for",
+    "patient_id_from_name",
+    "patient_id_of",
     "slice_problem",
 ]
 
 logger = logging.getLogger(__name__)
 
 _MASK_RE = re.compile(r"_mask(\.[^.]+)+$", re.IGNORECASE)
+_SLICE_NAME = re.compile(r"^(?P<patient>.+)_\d+$")
 _SLICE_RE = re.compile(r"^(?P<stem>.+)_(?P<index>\d+)(?P<suffix>(\.[^.]+)+)$")
 
 
@@ -48,9 +51,6 @@ class SliceRecord:
     slice_index: int
     tumor: int
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def is_mask_file(path: str | os.PathLike) -> bool:
     """True for kaggle_3m mask files (``..._mask.tif`` and the like)."""
@@ -58,11 +58,11 @@ def is_mask_file(path: str | os.PathLike) -> bool:
 
 
 def mask_has_tumor(mask_path: str | os.PathLike, loader: Callable | None = None) -> bool:
-    """Whether any pixel of the mask file is non-zero (``loader``: a :class:`LoadSlice` to reuse)."""
+    """Whether any pixel of the mask file is non-zero (``loader``: a :class:`SliceLoader` to reuse)."""
     if loader is None:
-        from bt_monai.transforms.array import LoadSlice
+        from bt_monai.data.readers import SliceLoader
 
-        loader = LoadSlice()
+        loader = SliceLoader()
     return bool(np.asarray(loader(mask_path)).any())
 
 
@@ -71,6 +71,29 @@ def mask_path_for(image: str | os.PathLike) -> Path:
     image = Path(image)
     stem = strip_image_suffix(image.name)
     return image.with_name(stem + "_mask" + image.name[len(stem) :])
+
+
+def patient_id_of(item: Mapping, patient_key: str = "patient_id", image_key: str = "image") -> str:
+    """The patient of one datalist item: its ``patient_key``, else taken from the image's file name.
+
+    Datalists made by bt_monai carry ``patient_id``; MONAI Label's carry only ``image`` and ``label``, so
+    there a kaggle_3m name ``<patient>_<n>.tif`` gives ``<patient>``, and any other name counts as its own
+    patient (per-slice Dice).
+    """
+    if patient_key in item:
+        return str(item[patient_key])
+    image = item.get(image_key)
+    source = getattr(image, "meta", {}).get("filename_or_obj") if image is not None else None
+    if not source:
+        raise KeyError(f"no {patient_key!r} in the batch and no image file name to take the patient from")
+    return patient_id_from_name(source)
+
+
+def patient_id_from_name(path: str) -> str:
+    """``<patient>`` of a kaggle_3m slice file ``<patient>_<n>.<ext>``; any other file name is its own patient."""
+    stem = strip_image_suffix(Path(str(path)).name)
+    match = _SLICE_NAME.match(stem)
+    return match["patient"] if match else stem
 
 
 def _unreadable(role: str, path: str | os.PathLike, error: Exception) -> str:
@@ -99,13 +122,13 @@ def _inspect_pair(image, mask, loader: Callable, check_image: bool = True) -> tu
 def slice_problem(image: str | os.PathLike, mask: str | os.PathLike, loader: Callable | None = None) -> str | None:
     """Why an image/mask pair cannot be used for training or evaluation, or None when it can.
 
-    Both files must exist and read as 2D slices with finite values (see :class:`LoadSlice`), and have the
+    Both files must exist and read as 2D slices with finite values (see :class:`SliceLoader`), and have the
     same width and height. A mask may hold any values: non-zero is tumor (``BinarizeMask``).
     """
     if loader is None:
-        from bt_monai.transforms.array import LoadSlice
+        from bt_monai.data.readers import SliceLoader
 
-        loader = LoadSlice()
+        loader = SliceLoader()
     return _inspect_pair(image, mask, loader)[0]
 
 
@@ -123,9 +146,9 @@ def discover_kaggle3m(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root} (give the folder that holds one folder per patient)")
-    from bt_monai.transforms.array import LoadSlice  # the one reader path, shared with training
+    from bt_monai.data.readers import SliceLoader  # the one reader path, shared with training
 
-    loader = LoadSlice()
+    loader = SliceLoader()
     records: list[SliceRecord] = []
     problems: list[tuple[str, str]] = []
     for patient_dir in sorted(p for p in root.iterdir() if p.is_dir()):

@@ -13,9 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from monai.data import ImageReader, NibabelReader, PILReader, PydicomReader
+import torch
+from monai.data import ImageReader, MetaTensor, NibabelReader, PILReader
 from monai.data.image_reader import _copy_compatible_dict, _stack_images
+from monai.transforms import LoadImage
 from monai.utils import MetaKeys, ensure_tuple
+
+from bt_monai.data.dicom.decode import DicomSliceReader
+from bt_monai.utils import quiet_loggers
 
 __all__ = [
     "TIFF_SUFFIXES",
@@ -24,12 +29,11 @@ __all__ = [
     "DICOM_SUFFIXES",
     "IMAGE_SUFFIXES",
     "TiffReader",
-    "DicomSliceReader",
-    "invert_monochrome1",
     "NiftiSliceReader",
     "slice_format",
     "strip_image_suffix",
     "make_slice_readers",
+    "SliceLoader",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -128,29 +132,6 @@ class TiffReader(ImageReader):
         return _stack_images(img_array, compatible_meta), compatible_meta
 
 
-class DicomSliceReader(PydicomReader):
-    """MONAI's ``PydicomReader`` (which applies RescaleSlope/Intercept) plus MONOCHROME1 inversion.
-
-    MONOCHROME1 stores bright tissue as low values; inverting within the slice's own value range keeps
-    intensities comparable with MONOCHROME2 series after per-slice scaling.
-    """
-
-    def _get_array_data(self, img, filename):
-        data = super()._get_array_data(img, filename)
-        if str(getattr(img, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-            data = invert_monochrome1(data)
-        return data
-
-
-def invert_monochrome1(data: np.ndarray) -> np.ndarray:
-    """MONOCHROME1 (bright = low value) to MONOCHROME2 within the array's own range, as float32.
-
-    One definition for every DICOM path (single slices, series, multi-frame objects), so that they agree.
-    """
-    data = np.asarray(data, dtype=np.float32)
-    return data.max() + data.min() - data
-
-
 class NiftiSliceReader(NibabelReader):
     """MONAI's ``NibabelReader`` for 2D NIfTI slices; a singleton third axis ``(W, H, 1)`` is dropped."""
 
@@ -170,3 +151,34 @@ def make_slice_readers() -> dict[str, ImageReader]:
         "dicom": DicomSliceReader(),
         "nifti": NiftiSliceReader(),
     }
+
+
+class SliceLoader:
+    """Load one 2D slice as a float32 ``MetaTensor`` of shape ``(C, W, H)``, C = 1, 3 or 4.
+
+    The reader is chosen explicitly from the file (see :func:`slice_format`): TIFF via tifffile, PNG/JPEG via
+    PIL, DICOM via pydicom, NIfTI via nibabel, all through MONAI's ``LoadImage``. Values keep the file's own
+    range (e.g. 0..255 for 8-bit, rescaled HU-like for DICOM). A file that is not a 2D slice, has no pixels or
+    holds NaN/Inf values raises ``ValueError`` naming it. The one reading path of the project: the
+    ``LoadSlice`` transform, dataset discovery and evaluation all read through it.
+    """
+
+    def __init__(self) -> None:
+        self.readers = make_slice_readers()
+        # LoadImage also builds MONAI's default readers; the GPU DICOM one warns on every CPU machine.
+        with quiet_loggers("monai.data.nvimgcodec_pydicom_plugin"):
+            self.loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+
+    def __call__(self, filename: str | os.PathLike) -> MetaTensor:
+        fmt = slice_format(filename)
+        if fmt is None:
+            raise ValueError(f"{filename}: not a supported slice file (TIFF, PNG, JPEG, DICOM or NIfTI expected)")
+        img = self.loader(filename, reader=self.readers[fmt])
+        if img.ndim != 3:
+            raise ValueError(f"{filename}: expected a 2D slice, got an image of shape {tuple(img.shape)}")
+        if img.numel() == 0:
+            raise ValueError(f"{filename}: the image has no pixels (shape {tuple(img.shape)})")
+        bad = int((~torch.isfinite(img.as_tensor())).sum())
+        if bad:  # NaN/Inf would turn the whole network input into NaN after intensity scaling
+            raise ValueError(f"{filename}: {bad} pixel value(s) are NaN or infinite")
+        return img

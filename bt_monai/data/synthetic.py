@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from bt_monai.utils import make_temporary_dir, remove_stale_temporaries
+
 __all__ = ["SYNTHETIC_PREFIX", "make_synthetic_kaggle3m"]
 
 SYNTHETIC_PREFIX = "SYNTHETIC_"
@@ -59,7 +61,9 @@ def make_synthetic_kaggle3m(
     if marker.is_file():
         return root
     rng = np.random.default_rng(seed)
-    tmp = root.with_name(root.name + ".partial")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root.parent)  # a killed earlier attempt's half-made folder
+    tmp = make_temporary_dir(root.parent, root.name)
     for patient in range(n_patients):
         pid = f"{SYNTHETIC_PREFIX}{patient:04d}_20000101"
         folder = tmp / pid
@@ -76,7 +80,6 @@ def make_synthetic_kaggle3m(
             tifffile.imwrite(folder / f"{pid}_{index}.tif", image, compression="zlib")
             tifffile.imwrite(folder / f"{pid}_{index}_mask.tif", mask, compression="zlib")
     (tmp / marker.name).write_text(_README.format(seed=seed))
-    root.parent.mkdir(parents=True, exist_ok=True)
     if root.exists():  # an incomplete earlier attempt (no marker): replace it
         import shutil
 

@@ -1,12 +1,12 @@
-"""MONAI's ``CheckpointSaver`` with atomic writes and a fixed-name "latest" checkpoint for resuming."""
+"""MONAI's ``CheckpointSaver`` with atomic writes and a fixed-name "latest" checkpoint for resuming.
+
+Temporaries are named by :func:`bt_monai.utils.atomic_write`, which also writes them."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,36 +14,22 @@ from pathlib import Path
 import ignite.distributed as idist
 import torch
 from ignite.handlers import DiskSaver
-from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
+from monai.handlers import CheckpointSaver
 
-__all__ = ["AtomicDiskSaver", "CheckpointSaver", "keep_previous_model", "remove_stale_temporaries", "should_resume"]
+from bt_monai.utils import atomic_write, remove_stale_temporaries
 
-# ".<file name>.<pid of the writer>.<random>.tmp": hidden, and it says which process writes it.
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp$")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+__all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "keep_previous_model",
+    "remove_stale_checkpoint_temporaries",
+    "should_resume",
+]
 
 
-def remove_stale_temporaries(dirname: str | os.PathLike) -> list[Path]:
-    """Remove the temporary checkpoint files that killed runs left in ``dirname``; return them.
-
-    Only files named like :class:`AtomicDiskSaver`'s temporaries whose writing process is gone are removed:
-    the half-written file of a run that is still going, and every other file, are left alone.
-    """
-    removed = []
-    for path in Path(dirname).glob(".*.tmp"):
-        match = _TEMPORARY.match(path.name)
-        if match and path.is_file() and not path.is_symlink() and not _alive(int(match["pid"])):
-            path.unlink(missing_ok=True)
-            removed.append(path)
+def remove_stale_checkpoint_temporaries(dirname: str | os.PathLike) -> list[Path]:
+    """Remove the half-written checkpoints that killed runs left in ``dirname`` (never a running one's)."""
+    removed = remove_stale_temporaries(dirname)
     if removed:
         logging.getLogger("bt_monai").warning(f"removed {len(removed)} half-written checkpoint(s) of killed runs")
     return removed
@@ -62,30 +48,20 @@ class AtomicDiskSaver(DiskSaver):
         super().__init__(dirname=dirname, atomic=True, require_empty=False)
         self.filename = filename
         if idist.get_rank() == self.save_on_rank:
-            remove_stale_temporaries(self.dirname)
+            remove_stale_checkpoint_temporaries(self.dirname)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         if idist.get_rank() != self.save_on_rank:
             return
-        path = self.dirname / (self.filename or filename)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=self.dirname)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f, **self.kwargs)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(self.dirname / (self.filename or filename), "wb", fsync=True) as f:
+            torch.save(checkpoint, f, **self.kwargs)
 
     def remove(self, filename: str) -> None:
         if self.filename is None:
             super().remove(filename)
 
 
-class CheckpointSaver(MonaiCheckpointSaver):
+class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's ``CheckpointSaver`` (same arguments), plus:
 
     - every file is written atomically (:class:`AtomicDiskSaver`);

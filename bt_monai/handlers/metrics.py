@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 
 from monai.handlers import IgniteMetricHandler, from_engine
 
-from bt_monai.data.readers import strip_image_suffix
+from bt_monai.data.discovery import patient_id_from_name, patient_id_of
 from bt_monai.metrics import ClassificationMetric, PatientVolumeMetric, SliceSegmentationMetric
 
 __all__ = [
     "SliceSegmentationHandler",
     "PatientVolumeHandler",
     "ClassificationHandler",
-    "patient_id_of",
-    "patient_id_from_name",
 ]
 
 PRED_AND_LABEL = from_engine(["pred", "label"])
-_SLICE_NAME = re.compile(r"^(?P<patient>.+)_\d+$")
-
-
-def patient_id_of(item: Mapping, patient_key: str = "patient_id", image_key: str = "image") -> str:
-    """The patient of one datalist item: its ``patient_key``, else taken from the image's file name.
-
-    Datalists made by bt_monai carry ``patient_id``; MONAI Label's carry only ``image`` and ``label``, so
-    there a kaggle_3m name ``<patient>_<n>.tif`` gives ``<patient>``, and any other name counts as its own
-    patient (per-slice Dice).
-    """
-    if patient_key in item:
-        return str(item[patient_key])
-    image = item.get(image_key)
-    source = getattr(image, "meta", {}).get("filename_or_obj") if image is not None else None
-    if not source:
-        raise KeyError(f"no {patient_key!r} in the batch and no image file name to take the patient from")
-    return patient_id_from_name(source)
-
-
-def patient_id_from_name(path: str) -> str:
-    """``<patient>`` of a kaggle_3m slice file ``<patient>_<n>.<ext>``; any other file name is its own patient."""
-    stem = strip_image_suffix(Path(str(path)).name)
-    match = _SLICE_NAME.match(stem)
-    return match["patient"] if match else stem
 
 
 class SliceSegmentationHandler(IgniteMetricHandler):

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+
+from bt_monai.data.discovery import patient_id_of
+from bt_monai.metrics import SliceResult, segmentation_counts
+from bt_monai.writers.report import write_report
 
 __all__ = ["EvaluationReportHandler"]
 
 
 class EvaluationReportHandler:
     """Collect per-slice results while a MONAI evaluator runs, then write metrics.json, per_slice.csv,
-    per_patient.csv, the figures and report.html under ``output_dir`` (see :mod:`bt_monai.apps.evaluate`).
+    per_patient.csv, the figures and report.html under ``output_dir`` (:func:`bt_monai.writers.report.write_report`).
 
     Args:
         output_dir: where to write.
@@ -21,7 +24,7 @@ class EvaluationReportHandler:
             resolution) or ``"detection"`` (``pred`` is the tumor probability, ``label`` 0/1).
         threshold: the decision threshold the report states (and applies to probabilities).
         n_bootstrap: patient bootstrap resamples for the 95% intervals.
-        patient_key: the batch key with the patient id (the image's folder name when absent).
+        patient_key: the batch key with the patient id (else from the image's file name, :func:`patient_id_of`).
         evaluated: what was evaluated (dataset, split, weights...), copied into metrics.json.
     """
 
@@ -46,14 +49,11 @@ class EvaluationReportHandler:
         engine.add_event_handler(Events.COMPLETED, self.completed)
 
     def iteration_completed(self, engine: Engine) -> None:
-        from bt_monai.apps.evaluate import SliceResult
-        from bt_monai.metrics import segmentation_counts
-
         batch, output = engine.state.batch, engine.state.output
         for item, out in zip(batch, output, strict=True):
             meta = getattr(item["image"], "meta", {})
             path = str(meta.get("filename_or_obj", f"slice_{len(self.slices)}"))
-            patient = str(item.get(self.patient_key) or Path(path).parent.name)
+            patient = patient_id_of(item, self.patient_key)
             index = int(item.get("slice_index", len(self.slices)))
             pred, label = out["pred"].detach().cpu(), out["label"].detach().cpu()
             if self.task == "segmentation":
@@ -68,8 +68,6 @@ class EvaluationReportHandler:
             self.slices.append(SliceResult(patient, index, path, truth, probability, called, tp, fp, fn, tn))
 
     def completed(self, engine: Engine) -> None:
-        from bt_monai.apps.evaluate import write_report
-
         if self.slices:
             write_report(
                 self.output_dir, self.slices, self.threshold, self.evaluated, self.n_bootstrap, tasks=(self.task,)

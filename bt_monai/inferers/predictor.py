@@ -1,9 +1,11 @@
 """The one predictor behind every face of bt_monai (CLI, evaluation reports, DICOM, MONAI Label).
 
 It runs both bundles' networks on the same preprocessed slice: one preprocessing
-(:func:`bt_monai.transforms.slice_preprocessing`), one threshold (the bundles' ``threshold``), so the
-outputs of all faces agree by construction. Network definitions, input mode, input size and threshold
-are read from each bundle's ``configs/inference.json``; weights from ``models/model.pt`` unless given.
+(:func:`bt_monai.transforms.slice_preprocessing`), one pair of thresholds, so the outputs of all faces agree
+by construction. Network definitions, input mode, input size and thresholds are read from each bundle's
+``configs/inference.json`` (:func:`bt_monai.bundle.load_bundle_network`); weights from ``models/model.pt``
+unless given. The pixel threshold is the segmentation bundle's, the tumor-probability threshold the
+detection bundle's.
 """
 
 from __future__ import annotations
@@ -11,106 +13,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose
 from monai.utils import MetaKeys
 
+from bt_monai.bundle import load_bundle_network
 from bt_monai.inferers.autocast import AutocastInferer
 from bt_monai.transforms import slice_preprocessing
 from bt_monai.transforms.volume import probability_to_mask
 
-__all__ = [
-    "BUNDLE_ROOT",
-    "SEGMENTATION_BUNDLE",
-    "CLASSIFICATION_BUNDLE",
-    "WeightsError",
-    "SlicePrediction",
-    "load_weights",
-    "load_bundle_network",
-    "TumorPredictor",
-    "bundle_provenance",
-]
-
-BUNDLE_ROOT = Path(os.environ.get("BT_MONAI_BUNDLE_ROOT", Path(__file__).resolve().parents[2] / "bundle"))
-SEGMENTATION_BUNDLE = BUNDLE_ROOT / "brain_tumor_segmentation"
-CLASSIFICATION_BUNDLE = BUNDLE_ROOT / "brain_tumor_classification"
-
-
-class WeightsError(RuntimeError):
-    """A weights file that is missing, unsafe, or does not fit the network; the message names the file."""
-
-
-def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-    """Load a state dict file into ``network`` (float32 whatever the stored precision), safely.
-
-    The file is read with ``torch.load(weights_only=True)``: a checkpoint carrying code (a pickle that
-    would import or call anything) is refused without running it. A state dict of another architecture
-    fails with the missing, unexpected and mis-shaped keys named.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise WeightsError(f"{path} was refused: it is not a plain tensor checkpoint ({e})") from e
-    except Exception as e:  # truncated or not a torch file at all
-        raise WeightsError(f"{path} is not a readable PyTorch weights file ({e})") from e
-    for key in ("model", "state_dict", "network"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} does not hold a state dict")
-    own = network.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mis_shaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or mis_shaped:
-        parts = [
-            f"{label} {len(keys)} (e.g. {', '.join(keys[:4])})"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
-            if keys
-        ]
-        raise WeightsError(
-            f"{path} does not fit {type(network).__name__}: " + "; ".join(parts) + ". Is it the other bundle's model?"
-        )
-    network.load_state_dict(state)  # copies into the network's float32 parameters
-    return network
-
-
-def load_bundle_network(
-    bundle: str | os.PathLike, weights: str | os.PathLike | None = None, device: torch.device | str = "cpu"
-) -> tuple[torch.nn.Module, dict]:
-    """The bundle's ``network_def`` with weights loaded, in eval mode, and its inference settings."""
-    bundle = Path(bundle)
-    config = bundle / "configs" / "inference.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"not a bt_monai bundle (no {config}); give the bundle folder")
-    parser = ConfigParser()
-    parser.read_config(str(config))
-    parser["bundle_root"] = str(bundle)
-    network = parser.get_parsed_content("network_def")
-    if weights is None and not (bundle / "models" / "model.pt").is_file():
-        raise WeightsError(
-            f"no trained weights in {bundle / 'models' / 'model.pt'}: train the bundle (see {bundle / 'docs'}"
-            "/README.md) or give a weights file"
-        )
-    load_weights(network, weights or bundle / "models" / "model.pt")
-    settings = {
-        key: parser.get_parsed_content(key)
-        for key in ("input_mode", "spatial_size", "threshold", "channels_last", "amp", "gate_masks", "min_component_px")
-        if key in parser
-    }
-    settings["weights"] = str(weights or bundle / "models" / "model.pt")
-    return network.to(device).eval(), settings
+__all__ = ["SlicePrediction", "TumorPredictor"]
 
 
 @dataclass
@@ -118,6 +35,7 @@ class SlicePrediction:
     """Both models' answer for one slice.
 
     ``mask``: uint8 0/1 array ``(H, W)`` (rows, columns, as image files store them) at the slice's own size.
+    ``threshold``: the detection threshold ``tumor`` applies to ``tumor_probability``.
     """
 
     path: str
@@ -140,7 +58,8 @@ class TumorPredictor:
     Args:
         segmenter, classifier: networks returning logits ``(B, 1, H, W)`` and ``(B, 1)``.
         input_mode, spatial_size: the preprocessing both were trained with (must be one and the same).
-        threshold: one threshold for the tumor probability and the per-pixel probability.
+        threshold: the per-pixel probability threshold of the masks (the segmentation bundle's).
+        detection_threshold: the tumor-probability threshold of a slice (the detection bundle's); None: ``threshold``.
         gate_masks: clear the mask of a slice the classifier calls tumor-free.
         min_component_px: remove connected mask components smaller than this (pixels at the slice's size).
         amp, channels_last: bf16 autocast on capable CPUs (fp16 on CUDA) and channels-last execution.
@@ -153,6 +72,7 @@ class TumorPredictor:
         input_mode: str = "all",
         spatial_size: tuple[int, int] = (224, 224),
         threshold: float = 0.5,
+        detection_threshold: float | None = None,
         gate_masks: bool = False,
         min_component_px: int = 0,
         amp: bool = True,
@@ -164,6 +84,7 @@ class TumorPredictor:
         self.segmenter = segmenter.to(self.device, memory_format=memory_format).eval()
         self.classifier = classifier.to(self.device, memory_format=memory_format).eval()
         self.threshold, self.gate_masks, self.min_component_px = threshold, gate_masks, min_component_px
+        self.detection_threshold = threshold if detection_threshold is None else detection_threshold
         self.input_mode, self.spatial_size, self.channels_last = input_mode, tuple(spatial_size), channels_last
         self.inferer = AutocastInferer(enabled=amp, channels_last=channels_last)
         self.preprocessing = Compose(slice_preprocessing("image", input_mode=input_mode, spatial_size=spatial_size))
@@ -175,24 +96,29 @@ class TumorPredictor:
     @classmethod
     def from_bundles(
         cls,
-        segmentation_bundle: str | os.PathLike = SEGMENTATION_BUNDLE,
-        classification_bundle: str | os.PathLike = CLASSIFICATION_BUNDLE,
+        segmentation_bundle: str | os.PathLike | None = None,
+        detection_bundle: str | os.PathLike | None = None,
         segmentation_weights: str | os.PathLike | None = None,
-        classification_weights: str | os.PathLike | None = None,
+        detection_weights: str | os.PathLike | None = None,
         **kwargs,
     ) -> TumorPredictor:
-        """Build from the two bundles (default: the shipped ones); ``kwargs`` override the bundles' settings."""
-        segmenter, seg = load_bundle_network(segmentation_bundle, segmentation_weights)
-        classifier, det = load_bundle_network(classification_bundle, classification_weights)
+        """Build from the two bundles (None: the shipped ones, :func:`bt_monai.bundle.locate_bundle`).
+
+        ``kwargs`` override the bundles' settings. Preprocessing and mask settings come from the segmentation
+        bundle's ``inference.json``, the detection threshold from the detection bundle's.
+        """
+        segmenter, seg = load_bundle_network(segmentation_bundle, segmentation_weights, name="segmentation")
+        classifier, det = load_bundle_network(detection_bundle, detection_weights, name="detection")
         for key in ("input_mode", "spatial_size"):
             if seg.get(key) != det.get(key) and key not in kwargs:
                 raise ValueError(
                     f"the bundles disagree on {key} ({seg.get(key)} vs {det.get(key)}): one preprocessing "
                     "serves both models, so retrain one of them or pass the setting explicitly"
                 )
-        # Mask post-processing belongs to the segmentation bundle: its inference.json says how its masks are cleaned.
         keys = ("input_mode", "spatial_size", "threshold", "amp", "channels_last", "gate_masks", "min_component_px")
         settings = {k: seg[k] for k in keys if k in seg}
+        if "threshold" in det:
+            settings["detection_threshold"] = det["threshold"]
         return cls(segmenter, classifier, **{**settings, **kwargs})
 
     def fingerprint(self) -> str:
@@ -209,6 +135,7 @@ class TumorPredictor:
                 digest.update(tensor.view(torch.uint8).numpy().tobytes())
         settings = {
             "threshold": self.threshold,
+            "detection_threshold": self.detection_threshold,
             "gate_masks": self.gate_masks,
             "min_component_px": self.min_component_px,
             "input_mode": self.input_mode,
@@ -253,7 +180,7 @@ class TumorPredictor:
     def to_mask(self, probability_map: torch.Tensor, original_size: tuple[int, int], tumor_probability: float):
         """Resize a ``(1, W, H)`` probability map to the slice's ``(W, H)``, threshold, clean; return ``(H, W)``."""
         mask = probability_to_mask(probability_map, original_size, self.threshold, self.min_component_px)
-        if self.gate_masks and tumor_probability < self.threshold:
+        if self.gate_masks and tumor_probability < self.detection_threshold:
             mask[:] = False
         return np.ascontiguousarray(mask.T.astype(np.uint8))
 
@@ -305,7 +232,7 @@ class TumorPredictor:
         for (path, image), probability, probability_map in zip(batch, probabilities, maps, strict=True):
             size = tuple(int(s) for s in image.meta["spatial_shape"][:2])
             mask = self.to_mask(probability_map, size, float(probability))
-            yield SlicePrediction(path, float(probability), mask, self.threshold)
+            yield SlicePrediction(path, float(probability), mask, self.detection_threshold)
 
 
 def _root_cause(error: Exception) -> Exception:
@@ -313,24 +240,3 @@ def _root_cause(error: Exception) -> Exception:
     while isinstance(error.__cause__, Exception) and "applying transform" in str(error):
         error = error.__cause__
     return error
-
-
-def bundle_provenance(
-    segmentation_bundle: str | os.PathLike = SEGMENTATION_BUNDLE,
-    classification_bundle: str | os.PathLike = CLASSIFICATION_BUNDLE,
-    segmentation_weights: str | os.PathLike | None = None,
-    classification_weights: str | os.PathLike | None = None,
-) -> dict:
-    """What a prediction was made with: each bundle's folder and version, its weights file and their SHA-256."""
-
-    def info(bundle, weights) -> dict:
-        bundle = Path(bundle)
-        weights = Path(weights or bundle / "models" / "model.pt")
-        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
-        return {"bundle": str(bundle), "version": meta.get("version"), "weights": str(weights), "sha256": digest}
-
-    return {
-        "segmentation_model": info(segmentation_bundle, segmentation_weights),
-        "detection_model": info(classification_bundle, classification_weights),
-    }

@@ -1,4 +1,5 @@
-"""Metrics, defined once (:mod:`.functional`) and wrapped as MONAI metrics (:mod:`.metrics`)."""
+"""Metrics, defined once (:mod:`.functional`), wrapped as MONAI metrics (:mod:`.metrics`) and summarized for
+reports (:mod:`.summary`)."""
 
 from bt_monai.metrics.functional import (
     classification_summary,
@@ -16,8 +17,12 @@ from bt_monai.metrics.metrics import (
     PatientVolumeMetric,
     SliceSegmentationMetric,
 )
+from bt_monai.metrics.summary import HEADLINE_METRICS, SliceResult, summarize
 
 __all__ = [
+    "HEADLINE_METRICS",
+    "SliceResult",
+    "summarize",
     "SEGMENTATION_METRICS",
     "ClassificationMetric",
     "PatientVolumeMetric",

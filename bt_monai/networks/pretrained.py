@@ -9,6 +9,8 @@ from urllib.error import URLError
 import torch
 from torchvision.models import MobileNet_V2_Weights
 
+from bt_monai.utils import unwrap_state_dict
+
 __all__ = ["PretrainedWeightsError", "hub_cache_file", "load_mobilenet_v2_features"]
 
 
@@ -57,9 +59,7 @@ def load_mobilenet_v2_features(pretrained: bool | str | os.PathLike) -> dict[str
                 "pretrained='/path/to/mobilenet_v2.pth', or set pretrained=False to train from scratch."
             ) from e
         origin = str(cache)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    state = unwrap_state_dict(state, ("state_dict", "model"))
     for prefix in ("features.", "encoder.features."):
         features = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if features:

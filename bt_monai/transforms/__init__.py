@@ -1,6 +1,7 @@
 """MONAI transforms for 2D MRI slices: array versions, dictionary versions and the preprocessing presets."""
 
 from bt_monai.transforms.array import (
+    DEFAULT_INPUT_MODE,
     FLAIR_CHANNEL,
     INPUT_MODES,
     BinarizeMask,
@@ -10,6 +11,7 @@ from bt_monai.transforms.array import (
     RemoveSmallComponents,
     SelectInputChannels,
 )
+from bt_monai.transforms.batch import RandBatchAugment
 from bt_monai.transforms.dictionary import (
     BinarizeMaskd,
     GrayscaleToRGBd,
@@ -22,6 +24,7 @@ from bt_monai.transforms.presets import SPATIAL_SIZE, slice_preprocessing, train
 from bt_monai.transforms.volume import SlicewisePreprocessd, SlicewiseToMaskd, probability_to_mask
 
 __all__ = [
+    "DEFAULT_INPUT_MODE",
     "FLAIR_CHANNEL",
     "INPUT_MODES",
     "SPATIAL_SIZE",
@@ -31,6 +34,7 @@ __all__ = [
     "GrayscaleToRGBd",
     "LoadSlice",
     "LoadSliced",
+    "RandBatchAugment",
     "RandSequenceDropout",
     "RandSequenceDropoutd",
     "RemoveSmallComponents",

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, RandomizableTransform, Transform
+from monai.transforms import RandomizableTransform, Transform
 
-from bt_monai.data.readers import make_slice_readers, slice_format
+from bt_monai.data.readers import SliceLoader
 
 __all__ = [
     "FLAIR_CHANNEL",
     "INPUT_MODES",
+    "DEFAULT_INPUT_MODE",
     "LoadSlice",
     "SelectInputChannels",
     "GrayscaleToRGB",
@@ -32,42 +31,19 @@ FLAIR_CHANNEL = 1
 INPUT_MODES = {"flair": (FLAIR_CHANNEL,), "all": (0, 1, 2)}
 """Named input channel selections: ``flair`` (one grayscale image) or ``all`` three sequences as RGB."""
 
+DEFAULT_INPUT_MODE = "all"
+"""The input the shipped models were trained with (a grayscale slice, e.g. DICOM, is FLAIR in any mode)."""
+
 
 class LoadSlice(Transform):
-    """Load one 2D slice as a float32 ``MetaTensor`` of shape ``(C, W, H)``, C = 1, 3 or 4.
-
-    The reader is chosen explicitly from the file (see :func:`bt_monai.data.readers.slice_format`):
-    TIFF via tifffile, PNG/JPEG via PIL, DICOM via pydicom, NIfTI via nibabel, all through MONAI's
-    ``LoadImage``. Values keep the file's own range (e.g. 0..255 for 8-bit, rescaled HU-like for DICOM).
-    A file that is not a 2D slice, has no pixels or holds NaN/Inf values raises ``ValueError`` naming it.
-    """
+    """Load one 2D slice file as a float32 ``MetaTensor`` ``(C, W, H)``, C = 1, 3 or 4 (see
+    :class:`bt_monai.data.readers.SliceLoader`, which it wraps as a MONAI transform)."""
 
     def __init__(self) -> None:
-        self.readers = make_slice_readers()
-        # LoadImage also builds MONAI's default readers; the GPU DICOM one warns on every CPU machine.
-        plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
-        level = plugin_log.level
-        plugin_log.setLevel(logging.ERROR)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
-                self.loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
-        finally:
-            plugin_log.setLevel(level)
+        self.loader = SliceLoader()
 
     def __call__(self, filename: str | os.PathLike) -> MetaTensor:
-        fmt = slice_format(filename)
-        if fmt is None:
-            raise ValueError(f"{filename}: not a supported slice file (TIFF, PNG, JPEG, DICOM or NIfTI expected)")
-        img = self.loader(filename, reader=self.readers[fmt])
-        if img.ndim != 3:
-            raise ValueError(f"{filename}: expected a 2D slice, got an image of shape {tuple(img.shape)}")
-        if img.numel() == 0:
-            raise ValueError(f"{filename}: the image has no pixels (shape {tuple(img.shape)})")
-        bad = int((~torch.isfinite(img.as_tensor())).sum())
-        if bad:  # NaN/Inf would turn the whole network input into NaN after intensity scaling
-            raise ValueError(f"{filename}: {bad} pixel value(s) are NaN or infinite")
-        return img
+        return self.loader(filename)
 
 
 class SelectInputChannels(Transform):
@@ -78,7 +54,7 @@ class SelectInputChannels(Transform):
     taken to be the FLAIR sequence. Gray+alpha (2 channels) keeps the gray channel.
     """
 
-    def __init__(self, channels: Sequence[int] | str = "flair") -> None:
+    def __init__(self, channels: Sequence[int] | str = DEFAULT_INPUT_MODE) -> None:
         if isinstance(channels, str):
             if channels not in INPUT_MODES:
                 raise ValueError(f"unknown input mode {channels!r}: use one of {sorted(INPUT_MODES)}")

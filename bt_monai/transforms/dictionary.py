@@ -8,6 +8,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
 from bt_monai.transforms.array import (
+    DEFAULT_INPUT_MODE,
     FLAIR_CHANNEL,
     BinarizeMask,
     GrayscaleToRGB,
@@ -45,7 +46,7 @@ class SelectInputChannelsd(MapTransform):
     """Dictionary version of :class:`SelectInputChannels`."""
 
     def __init__(
-        self, keys: KeysCollection, channels: Sequence[int] | str = "flair", allow_missing_keys: bool = False
+        self, keys: KeysCollection, channels: Sequence[int] | str = DEFAULT_INPUT_MODE, allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.selector = SelectInputChannels(channels)

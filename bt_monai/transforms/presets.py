@@ -28,6 +28,7 @@ from monai.transforms import (
     Transform,
 )
 
+from bt_monai.transforms.array import DEFAULT_INPUT_MODE
 from bt_monai.transforms.dictionary import (
     BinarizeMaskd,
     GrayscaleToRGBd,
@@ -44,7 +45,7 @@ SPATIAL_SIZE = (224, 224)
 def slice_preprocessing(
     image_key: str = "image",
     mask_key: str | None = None,
-    input_mode: str | Sequence[int] = "flair",
+    input_mode: str | Sequence[int] = DEFAULT_INPUT_MODE,
     spatial_size: Sequence[int] = SPATIAL_SIZE,
     upper_percentile: float = 99.9,
     load: bool = True,
@@ -52,8 +53,8 @@ def slice_preprocessing(
     """Transforms that turn ``{image_key: path[, mask_key: path]}`` into network-ready tensors.
 
     Output: ``image_key`` float32 ``(3, *spatial_size)`` in [0, 1]; ``mask_key`` float32 ``(1, *spatial_size)``
-    of 0s and 1s. ``input_mode`` is ``"flair"`` (FLAIR repeated as RGB), ``"all"`` (pre-contrast, FLAIR,
-    post-contrast as RGB) or explicit channel indices. ``load=False`` starts from already loaded
+    of 0s and 1s. ``input_mode`` is ``"all"`` (the default: pre-contrast, FLAIR, post-contrast as RGB),
+    ``"flair"`` (FLAIR repeated as RGB) or explicit channel indices. ``load=False`` starts from already loaded
     channel-first images.
     """
     keys = [image_key] + ([mask_key] if mask_key else [])

@@ -16,7 +16,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import Compose, MapTransform
 
-from bt_monai.transforms.array import RemoveSmallComponents
+from bt_monai.transforms.array import DEFAULT_INPUT_MODE, RemoveSmallComponents
 from bt_monai.transforms.presets import SPATIAL_SIZE, slice_preprocessing
 
 __all__ = ["probability_to_mask", "SlicewisePreprocessd", "SlicewiseToMaskd"]
@@ -49,7 +49,7 @@ class SlicewisePreprocessd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        input_mode: str | Sequence[int] = "flair",
+        input_mode: str | Sequence[int] = DEFAULT_INPUT_MODE,
         spatial_size: Sequence[int] = SPATIAL_SIZE,
         allow_missing_keys: bool = False,
     ) -> None:

@@ -34,7 +34,7 @@ from monailabel.utils.others.generic import strtobool
 
 import bt_monai
 from bt_monai.apps.label.strategy import TumorProbability
-from bt_monai.inferers.predictor import BUNDLE_ROOT
+from bt_monai.bundle import BundleNotFoundError, locate_bundle
 
 __all__ = ["BrainTumorApp"]
 
@@ -45,7 +45,7 @@ class BrainTumorApp(MONAILabelApp):
     """MONAI Label app: segmentation and classification (infer, train) and slice ranking for annotation."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
-        bundles_dir = Path(conf.get("bundles_dir") or BUNDLE_ROOT).expanduser()
+        bundles_dir = Path(conf["bundles_dir"]).expanduser() if conf.get("bundles_dir") else None
         self.bundles = {
             role: self._bundle(app_dir, bundles_dir, conf.get(f"{role}_model") or f"brain_tumor_{role}")
             for role in ("segmentation", "classification")
@@ -60,15 +60,21 @@ class BrainTumorApp(MONAILabelApp):
         )
 
     @staticmethod
-    def _bundle(app_dir: str, bundles_dir: Path, name: str) -> Path:
-        for folder in (Path(app_dir) / "model" / name, bundles_dir / name):
+    def _bundle(app_dir: str, bundles_dir: Path | None, name: str) -> Path:
+        """The app's own copy in ``model/`` first, then ``bundles_dir``, else the installed bt_monai bundles."""
+        candidates = [Path(app_dir) / "model" / name] + ([bundles_dir / name] if bundles_dir else [])
+        for folder in candidates:
             if (folder / "configs" / "inference.json").is_file():
                 return folder
-        raise MONAILabelException(
-            MONAILabelError.APP_INIT_ERROR,
-            f"bundle {name!r} not found in {Path(app_dir) / 'model'} nor in {bundles_dir}: give its parent folder "
-            "with --conf bundles_dir <folder> (or its name with --conf segmentation_model / classification_model)",
-        )
+        try:
+            return locate_bundle(name)
+        except (BundleNotFoundError, ValueError) as e:
+            raise MONAILabelException(
+                MONAILabelError.APP_INIT_ERROR,
+                f"bundle {name!r} not found in {' nor in '.join(map(str, candidates))} ({e}): give its parent "
+                "folder with --conf bundles_dir <folder> (or its name with --conf segmentation_model / "
+                "classification_model)",
+            ) from e
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}

@@ -9,6 +9,7 @@ writes their masks as MONAI Label labels (0 background, 1 tumor: the bundle's la
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from PIL import Image
 
 from bt_monai.data import DatasetError, discover_images, discover_kaggle3m
 from bt_monai.data.readers import strip_image_suffix
+from bt_monai.utils import atomic_write_bytes
 
 __all__ = ["LABEL_TAG", "LABEL_SUFFIXES", "make_label_datastore"]
 
@@ -34,12 +36,12 @@ def _write_label(mask_path: str, dest: Path) -> int:
     is_tiff = mask_path.lower().endswith((".tif", ".tiff"))
     mask = tifffile.imread(mask_path) if is_tiff else np.asarray(Image.open(mask_path))
     label = (mask.reshape(mask.shape[0], mask.shape[1], -1) > 0).any(-1).astype(np.uint8)
-    tmp = dest.with_name(dest.name + ".partial")
+    buffer = io.BytesIO()
     if dest.suffix.lower() in (".tif", ".tiff"):
-        tifffile.imwrite(tmp, label, compression="zlib")
+        tifffile.imwrite(buffer, label, compression="zlib")
     else:
-        Image.fromarray(label).save(tmp, format="PNG")
-    os.replace(tmp, dest)
+        Image.fromarray(label).save(buffer, format="PNG")
+    atomic_write_bytes(dest, buffer.getvalue())
     return int(label.sum())
 
 

@@ -12,11 +12,11 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import torch
 
-from bt_monai.inferers.predictor import CLASSIFICATION_BUNDLE, SEGMENTATION_BUNDLE, TumorPredictor
+from bt_monai.bundle import locate_bundle
+from bt_monai.inferers import TumorPredictor
 
 __all__ = ["TumorProbabilityRanker"]
 
@@ -35,8 +35,9 @@ class TumorProbabilityRanker:
     """Rank slice files by tumor probability, highest first.
 
     Args:
-        segmentation_bundle, classification_bundle: the bundles :meth:`TumorPredictor.from_bundles` loads
-            (their ``models/model.pt``); the detection bundle's weights decide the probabilities.
+        segmentation_bundle, detection_bundle: the bundles :meth:`TumorPredictor.from_bundles` loads
+            (their ``models/model.pt``; None: the shipped ones); the detection bundle's weights decide the
+            probabilities.
         batch_size: slices per forward pass.
         predictor_factory: builds the predictor (default: ``TumorPredictor.from_bundles`` of the two
             bundles); called again when the detection weights file changes.
@@ -44,15 +45,15 @@ class TumorProbabilityRanker:
 
     def __init__(
         self,
-        segmentation_bundle: str | os.PathLike = SEGMENTATION_BUNDLE,
-        classification_bundle: str | os.PathLike = CLASSIFICATION_BUNDLE,
+        segmentation_bundle: str | os.PathLike | None = None,
+        detection_bundle: str | os.PathLike | None = None,
         batch_size: int = 16,
         predictor_factory: Callable[[], TumorPredictor] | None = None,
     ) -> None:
-        self.weights = Path(classification_bundle) / "models" / "model.pt"
+        self.weights = locate_bundle(detection_bundle, "detection") / "models" / "model.pt"
         self.batch_size = batch_size
         self.predictor_factory = predictor_factory or (
-            lambda: TumorPredictor.from_bundles(segmentation_bundle, classification_bundle)
+            lambda: TumorPredictor.from_bundles(segmentation_bundle, detection_bundle)
         )
         self._predictor: TumorPredictor | None = None
         self._weights_stamp: tuple[int, int] | None = None

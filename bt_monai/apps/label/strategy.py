@@ -16,7 +16,7 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from bt_monai.apps.label.ranking import TumorProbabilityRanker
-from bt_monai.inferers.predictor import WeightsError
+from bt_monai.bundle import WeightsError
 
 __all__ = ["TumorProbability"]
 
@@ -27,16 +27,16 @@ class TumorProbability(Strategy):
     """Next sample: the unlabelled slice with the highest tumor probability; the answer carries it too.
 
     Args:
-        segmentation_bundle, classification_bundle: bundle folders for :class:`TumorProbabilityRanker`.
+        segmentation_bundle, detection_bundle: bundle folders for :class:`TumorProbabilityRanker`.
         batch_size: slices per forward pass when ranking.
     """
 
     def __init__(
-        self, segmentation_bundle: str | os.PathLike, classification_bundle: str | os.PathLike, batch_size: int = 16
+        self, segmentation_bundle: str | os.PathLike, detection_bundle: str | os.PathLike, batch_size: int = 16
     ) -> None:
         super().__init__("Unlabelled slice most likely to show tumor first (detection model's tumor probability)")
         # Built on first use: the app is also instantiated in every training subprocess, which never ranks.
-        self.ranker = TumorProbabilityRanker(segmentation_bundle, classification_bundle, batch_size)
+        self.ranker = TumorProbabilityRanker(segmentation_bundle, detection_bundle, batch_size)
 
     def __call__(self, request: dict, datastore: Datastore) -> dict | None:
         images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))

@@ -1,4 +1,8 @@
-"""Figures and the self-contained HTML page of an evaluation (see :mod:`bt_monai.apps.evaluate`)."""
+"""An evaluation's report: ``metrics.json``, ``per_slice.csv``, ``per_patient.csv``, PNG figures and a
+self-contained ``report.html``, written by ``python -m bt_monai evaluate`` and the bundles' evaluation alike.
+
+Numbers come from :func:`bt_monai.metrics.summarize`; this module only lays them out.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +10,34 @@ import base64
 import html
 import io
 import json
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-from scipy import ndimage
 
-from bt_monai.apps.files import atomic_write_bytes, printable
+import bt_monai
+from bt_monai.metrics import SliceResult, dice_from_counts, iou_from_counts, pixel_accuracy_from_counts, summarize
+from bt_monai.utils import atomic_write_bytes, printable, write_csv
+from bt_monai.writers.overlays import overlay_rgb
 
-__all__ = ["FIGURES", "write_figures", "write_html", "outline"]
+__all__ = ["FIGURES", "write_figures", "write_html", "write_report"]
 
 FIGURES = {
     "confusion_matrix.png": "Detection: confusion matrix",
     "roc_curve.png": "Detection: ROC curve",
     "dice_per_patient.png": "Segmentation: Dice per patient (volume)",
     "overlay_gallery.png": "Segmentation: best, median and worst tumor slices",
+    "worst_patients.png": "Segmentation: the three patients with the lowest Dice, each at its largest tumor slice",
 }
 
 
-def outline(mask: np.ndarray) -> np.ndarray:
-    """The boundary pixels of a binary mask."""
-    mask = mask.astype(bool)
-    return mask & ~ndimage.binary_erosion(mask)
+def _figure(**kwargs):
+    """A matplotlib figure, imported only when one is drawn (no pyplot: no global state, no display needed)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 def _save(fig, path: Path) -> None:
@@ -39,7 +48,7 @@ def _save(fig, path: Path) -> None:
 
 def _confusion(output: Path, detection: dict) -> None:
     matrix = np.array(detection["confusion_matrix"])
-    fig = Figure(figsize=(3.6, 3.2))
+    fig = _figure(figsize=(3.6, 3.2))
     ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     for (i, j), v in np.ndenumerate(matrix):
@@ -55,7 +64,7 @@ def _confusion(output: Path, detection: dict) -> None:
 def _roc(output: Path, slices, detection: dict) -> None:
     from sklearn.metrics import roc_curve
 
-    fig = Figure(figsize=(3.8, 3.6))
+    fig = _figure(figsize=(3.8, 3.6))
     ax = fig.subplots()
     labels = [s.tumor_true for s in slices]
     if detection.get("roc_auc") is None:
@@ -73,7 +82,7 @@ def _roc(output: Path, slices, detection: dict) -> None:
 
 def _dice_distribution(output: Path, per_patient: dict) -> None:
     dice = np.array([p["dice"] for p in per_patient.values()])
-    fig = Figure(figsize=(5.0, 3.2))
+    fig = _figure(figsize=(5.0, 3.2))
     ax = fig.subplots()
     ax.hist(dice, bins=np.linspace(0, 1, 21), color="#4c72b0", edgecolor="white")
     ax.axvline(dice.mean(), color="black", ls="--", label=f"mean {dice.mean():.3f}")
@@ -84,35 +93,46 @@ def _dice_distribution(output: Path, per_patient: dict) -> None:
     _save(fig, output / "dice_per_patient.png")
 
 
-def _gallery(output: Path, slices, predictor) -> None:
+def _overlay_rows(output: Path, name: str, rows: Sequence[tuple[str, str, str]], predictor, empty: str) -> None:
+    """One figure row per ``(title, slice path, caption)``: the slice, then truth (green) and prediction (red)."""
     from bt_monai.data import mask_path_for
-    from bt_monai.metrics import dice_from_counts
     from bt_monai.transforms import BinarizeMask, LoadSlice
 
-    tumor = sorted((s for s in slices if s.tumor_true), key=lambda s: float(dice_from_counts(s.counts)))
-    picks = [("worst", tumor[0]), ("median", tumor[len(tumor) // 2]), ("best", tumor[-1])] if tumor else []
-    fig = Figure(figsize=(6.4, 3.2 * max(1, len(picks))))
-    axes = fig.subplots(max(1, len(picks)), 2, squeeze=False)
-    if not picks:
-        axes[0, 0].text(0.5, 0.5, "no tumor slice in the dataset", ha="center")
+    fig = _figure(figsize=(6.4, 3.2 * max(1, len(rows))))
+    axes = fig.subplots(max(1, len(rows)), 2, squeeze=False)
+    if not rows:
+        axes[0, 0].text(0.5, 0.5, empty, ha="center")
     load = LoadSlice()
-    predictions = {p.path: p for p in predictor.predict_paths([s.path for _, s in picks])}
-    for row, (label, s) in enumerate(picks):
-        image = load(s.path)
+    predictions = {p.path: p for p in predictor.predict_paths([path for _, path, _ in rows])}
+    for row, (title, path, caption) in enumerate(rows):
+        image = load(path)
         gray = image[1 if image.shape[0] >= 3 else 0].numpy().T
-        truth = BinarizeMask()(load(mask_path_for(s.path)))[0].numpy().T > 0
-        pred = predictions[s.path].mask > 0
-        overlay = np.stack([gray / max(float(gray.max()), 1e-6)] * 3, -1)
-        overlay[outline(truth)] = (0.1, 0.9, 0.1)
-        overlay[outline(pred)] = (0.95, 0.1, 0.1)
+        truth = BinarizeMask()(load(mask_path_for(path)))[0].numpy().T > 0
+        pred = predictions[path].mask > 0
+        overlay = overlay_rgb(gray, prediction=pred, truth=truth, window="max")
         axes[row, 0].imshow(gray, cmap="gray")
-        axes[row, 0].set_title(f"{label}: {printable(Path(s.path).name)}", fontsize=8)
+        axes[row, 0].set_title(f"{printable(title)}: {printable(Path(path).name)}", fontsize=8)
         axes[row, 1].imshow(overlay)
-        dice = float(dice_from_counts(s.counts))
-        axes[row, 1].set_title(f"Dice {dice:.3f} (green truth, red prediction)", fontsize=8)
+        axes[row, 1].set_title(f"{caption} (green truth, red prediction)", fontsize=8)
     for ax in axes.ravel():
         ax.axis("off")
-    _save(fig, output / "overlay_gallery.png")
+    _save(fig, output / name)
+
+
+def _gallery(output: Path, slices, predictor) -> None:
+    tumor = sorted((s for s in slices if s.tumor_true), key=lambda s: float(dice_from_counts(s.counts)))
+    picks = [("worst", tumor[0]), ("median", tumor[len(tumor) // 2]), ("best", tumor[-1])] if tumor else []
+    rows = [(label, s.path, f"Dice {float(dice_from_counts(s.counts)):.3f}") for label, s in picks]
+    _overlay_rows(output, "overlay_gallery.png", rows, predictor, "no tumor slice in the dataset")
+
+
+def _worst_patients(output: Path, worst: Sequence[dict], predictor) -> None:
+    rows = [
+        (p["patient_id"], p["largest_tumor_slice"], f"patient Dice {p['dice']:.3f}")
+        for p in worst
+        if p["largest_tumor_slice"]
+    ]
+    _overlay_rows(output, "worst_patients.png", rows, predictor, "no patient with tumor")
 
 
 def write_figures(output: Path, slices: Sequence, per_patient: dict, metrics: dict, predictor=None) -> None:
@@ -124,6 +144,7 @@ def write_figures(output: Path, slices: Sequence, per_patient: dict, metrics: di
         _dice_distribution(output, per_patient)
         if predictor is not None:
             _gallery(output, slices, predictor)
+            _worst_patients(output, metrics["segmentation"].get("worst_patients", []), predictor)
 
 
 def _fmt(value) -> str:
@@ -185,3 +206,61 @@ Intervals: 95%, bootstrap over patients. Research use only, not for diagnosis.</
 </body></html>
 """
     atomic_write_bytes(output / "report.html", printable(page).encode())
+
+
+def write_report(
+    output: str | os.PathLike,
+    slices: Sequence[SliceResult],
+    threshold: float,
+    evaluated: dict,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    predictor=None,
+    skipped: Sequence[tuple[str, str]] = (),
+    tasks: Sequence[str] = ("detection", "segmentation"),
+) -> dict:
+    """Summarize ``slices`` and write metrics.json, the CSVs, the figures and report.html under ``output``.
+
+    ``tasks`` limits metrics.json to the tasks that were evaluated (a bundle evaluates one). The overlay
+    gallery needs a ``predictor`` to redraw the slices; without one it is left out.
+    """
+    output = Path(output).expanduser()
+    metrics, per_patient = summarize(slices, threshold, n_bootstrap, seed)
+    metrics = {k: v for k, v in metrics.items() if k not in ("detection", "segmentation") or k in tasks}
+    metrics["confidence_intervals"] = {
+        k: v for k, v in metrics["confidence_intervals"].items() if k.split(".")[0] in tasks
+    }
+    metrics["evaluated"] = {
+        "bt_monai_version": bt_monai.__version__,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **evaluated,
+        "bootstrap": {"resamples": n_bootstrap, "unit": "patient", "seed": seed},
+        "threshold": threshold,
+    }
+    metrics = json.loads(json.dumps(metrics, default=float), parse_constant=lambda c: None)  # NaN -> null
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(output / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    slice_columns = [
+        "patient_id", "slice_index", "path", "tumor_true", "tumor_probability", "tumor_pred",
+        "dice", "iou", "pixel_accuracy", "true_area_px", "pred_area_px",
+    ]  # fmt: skip
+    rows = []
+    for s in slices:
+        c = s.counts
+        rows.append(
+            [s.patient_id, s.slice_index, s.path, s.tumor_true, f"{s.tumor_probability:.6f}", s.tumor_pred]
+            + [f"{float(f(c)):.6f}" for f in (dice_from_counts, iou_from_counts, pixel_accuracy_from_counts)]
+            + [s.tp + s.fn, s.tp + s.fp]
+        )
+    write_csv(output / "per_slice.csv", slice_columns, rows)
+    patient_columns = list(next(iter(per_patient.values())))
+    write_csv(
+        output / "per_patient.csv",
+        patient_columns,
+        [["" if p[k] is None else p[k] for k in patient_columns] for p in per_patient.values()],
+    )
+    if skipped:
+        write_csv(output / "skipped.csv", ("path", "reason"), skipped)
+    write_figures(output, slices, per_patient, metrics, predictor)
+    write_html(output, metrics, per_patient)
+    return metrics

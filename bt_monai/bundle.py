@@ -1,0 +1,291 @@
+"""The shipped MONAI bundles: where they are, how their networks and weights load, how to copy one for training.
+
+bt_monai ships two bundles (configs, docs, trained ``models/model.pt``), inside the installed package as
+``bt_monai.shipped_bundles`` (in a source checkout: the repository's ``bundle/`` folder):
+
+- ``segmentation``: ``brain_tumor_segmentation`` (MobileNetV2 U-Net);
+- ``detection``: ``brain_tumor_classification`` (MobileNetV2 classifier; the folder keeps the word
+  "classification", which MONAI Label reads as the model type). ``classification`` names it too.
+
+:func:`locate_bundle` finds one: an explicit folder, else ``$BT_MONAI_BUNDLE_ROOT/<folder>`` (read at each
+call), else the installed package's copy. Training writes into the bundle folder it runs in, so a user trains
+in a :func:`copy_bundle` copy; :func:`refuse_shipped_ckpt_dir` stops a run that would overwrite the shipped
+weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+from importlib import resources
+from pathlib import Path
+
+__all__ = [
+    "BUNDLE_FOLDERS",
+    "BUNDLE_ROOT_ENV",
+    "BundleNotFoundError",
+    "WeightsError",
+    "bundle_name",
+    "bundle_provenance",
+    "copy_bundle",
+    "is_shipped",
+    "list_bundles",
+    "load_bundle_network",
+    "load_weights",
+    "locate_bundle",
+    "refuse_shipped_ckpt_dir",
+    "report_training_outputs",
+    "shipped_bundles_root",
+]
+
+BUNDLE_FOLDERS = {"segmentation": "brain_tumor_segmentation", "detection": "brain_tumor_classification"}
+"""The shipped bundles: name -> folder."""
+
+_ALIASES = {"classification": "detection", **{folder: name for name, folder in BUNDLE_FOLDERS.items()}}
+BUNDLE_ROOT_ENV = "BT_MONAI_BUNDLE_ROOT"
+SHIPPED_PACKAGE = "bt_monai.shipped_bundles"
+# What a copy for training takes: the bundle itself, not an earlier run's outputs.
+_COPY_IGNORE = shutil.ignore_patterns(
+    "eval", "demo_data", "demo_data.partial", "__pycache__", "__init__.py", "checkpoint_*.pt", "model.*.pt", ".*"
+)
+
+
+class BundleNotFoundError(FileNotFoundError):
+    """No bundle where one was looked for; the message says where it looked and what to do."""
+
+
+class WeightsError(RuntimeError):
+    """A weights file that is missing, unsafe, or does not fit the network; the message names the file."""
+
+
+def bundle_name(name: str) -> str:
+    """The canonical name (``segmentation`` or ``detection``) of a bundle name, alias or folder name."""
+    key = str(name).strip().lower()
+    if key in BUNDLE_FOLDERS:
+        return key
+    if key in _ALIASES:
+        return _ALIASES[key]
+    choices = ", ".join(sorted([*BUNDLE_FOLDERS, *_ALIASES]))
+    raise ValueError(f"unknown bundle {name!r}: use one of {choices}")
+
+
+def shipped_bundles_root() -> Path:
+    """The folder of the bundles installed with the package (a checkout's ``bundle/`` in an editable install)."""
+    return Path(str(resources.files(SHIPPED_PACKAGE)))
+
+
+def _search_roots() -> list[tuple[str, Path]]:
+    roots = []
+    env = os.environ.get(BUNDLE_ROOT_ENV)
+    if env:
+        roots.append((f"${BUNDLE_ROOT_ENV}", Path(env).expanduser()))
+    try:
+        roots.append(("the installed bt_monai package", shipped_bundles_root()))
+    except (ModuleNotFoundError, TypeError):  # a package installed without its data
+        pass
+    return roots
+
+
+def _check_bundle(folder: Path) -> Path:
+    config = folder / "configs" / "inference.json"
+    if not config.is_file():
+        raise BundleNotFoundError(f"not a bt_monai bundle (no {config}); give a bundle folder")
+    return folder
+
+
+def locate_bundle(bundle: str | os.PathLike | None = None, name: str = "segmentation") -> Path:
+    """The folder of a bundle.
+
+    ``bundle``: an existing folder (used as it is), a bundle name (``segmentation``, ``detection``,
+    ``classification`` or a folder name), or None for the ``name`` bundle. A name is looked up in
+    ``$BT_MONAI_BUNDLE_ROOT`` (read now, not at import), then in the installed package.
+    """
+    if bundle is not None:
+        path = Path(bundle).expanduser()
+        if path.exists() or os.sep in str(bundle) or str(bundle).startswith("."):
+            return _check_bundle(path)
+        try:
+            name = bundle_name(str(bundle))
+        except ValueError as e:
+            raise BundleNotFoundError(f"{bundle}: no such bundle folder, and {e}") from None
+    folder = BUNDLE_FOLDERS[bundle_name(name)]
+    looked = []
+    for label, root in _search_roots():
+        if (root / folder / "configs" / "inference.json").is_file():
+            return root / folder
+        looked.append(f"{label} ({root})")
+    raise BundleNotFoundError(
+        f"no {folder} bundle in {' or '.join(looked) or 'any known place'}: reinstall bt_monai "
+        f"(pip install bt_monai), set {BUNDLE_ROOT_ENV} to a folder holding {folder}/, or give the bundle folder"
+    )
+
+
+def list_bundles() -> list[dict]:
+    """The bundles :func:`locate_bundle` finds by name: name, folder, version and whether weights are there."""
+    rows = []
+    for name in BUNDLE_FOLDERS:
+        try:
+            folder = locate_bundle(name=name)
+        except BundleNotFoundError:
+            rows.append({"name": name, "path": None, "version": None, "weights": False})
+            continue
+        meta = json.loads((folder / "configs" / "metadata.json").read_text())
+        weights = (folder / "models" / "model.pt").is_file()
+        rows.append({"name": name, "path": str(folder), "version": meta.get("version"), "weights": weights})
+    return rows
+
+
+def copy_bundle(bundle: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Copy a bundle (configs, docs, LICENSE, ``models/model.pt``) into ``destination``, for training there.
+
+    Like ``monai.bundle download`` puts a Zoo bundle in a folder of the user's. ``destination`` must not exist
+    or be an empty folder: nothing of the user's is overwritten. An earlier run's outputs are not copied.
+    """
+    source = locate_bundle(bundle)
+    destination = Path(destination).expanduser()
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise FileExistsError(f"{destination} exists and is not an empty folder: give a new or empty folder")
+    if destination.exists():
+        destination.rmdir()
+    shutil.copytree(source, destination, ignore=_COPY_IGNORE)
+    for path in [destination, *destination.rglob("*")]:  # installed files may be read-only
+        path.chmod(path.stat().st_mode | 0o200)
+    return destination
+
+
+def is_shipped(path: str | os.PathLike) -> bool:
+    """Whether ``path`` lies inside the installed package's bundles (or a checkout's ``bundle/`` folder)."""
+    try:
+        root = os.path.realpath(shipped_bundles_root())
+    except (ModuleNotFoundError, TypeError):
+        return False
+    return Path(os.path.realpath(Path(path).expanduser())).is_relative_to(root)
+
+
+def refuse_shipped_ckpt_dir(ckpt_dir: str | os.PathLike, overwrite_shipped: bool = False) -> bool:
+    """Stop a training run whose ``ckpt_dir`` is in the shipped bundles, unless ``overwrite_shipped``.
+
+    Training there would replace the weights every later ``infer`` uses. Returns True when the run may go on.
+    """
+    if not isinstance(overwrite_shipped, bool):
+        raise ValueError(f"overwrite_shipped must be True or False, got {overwrite_shipped!r}")
+    if is_shipped(ckpt_dir) and not overwrite_shipped:
+        raise PermissionError(
+            f"{ckpt_dir} holds the shipped weights of bt_monai: train in a copy instead "
+            "(bt-monai bundle copy segmentation MY_BUNDLE, then run from MY_BUNDLE), or give --ckpt_dir "
+            "elsewhere; --overwrite_shipped True replaces the shipped weights on purpose"
+        )
+    return True
+
+
+def load_weights(network, path: str | os.PathLike):
+    """Load a state dict file into ``network`` (float32 whatever the stored precision), safely.
+
+    The file is read with ``torch.load(weights_only=True)``: a checkpoint carrying code (a pickle that
+    would import or call anything) is refused without running it. A state dict of another architecture
+    fails with the missing, unexpected and mis-shaped keys named.
+    """
+    import torch
+
+    from bt_monai.utils import unwrap_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(f"{path} was refused: it is not a plain tensor checkpoint ({e})") from e
+    except Exception as e:  # truncated or not a torch file at all
+        raise WeightsError(f"{path} is not a readable PyTorch weights file ({e})") from e
+    state = unwrap_state_dict(state)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} does not hold a state dict")
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mis_shaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or mis_shaped:
+        parts = [
+            f"{label} {len(keys)} (e.g. {', '.join(keys[:4])})"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
+            if keys
+        ]
+        raise WeightsError(
+            f"{path} does not fit {type(network).__name__}: " + "; ".join(parts) + ". Is it the other bundle's model?"
+        )
+    network.load_state_dict(state)  # copies into the network's float32 parameters
+    return network
+
+
+INFERENCE_SETTINGS = (
+    "input_mode",
+    "spatial_size",
+    "threshold",
+    "channels_last",
+    "amp",
+    "gate_masks",
+    "min_component_px",
+)
+
+
+def load_bundle_network(
+    bundle: str | os.PathLike | None, weights: str | os.PathLike | None = None, device="cpu", name: str = "segmentation"
+):
+    """The bundle's ``network_def`` with weights loaded, in eval mode, and its inference settings.
+
+    ``bundle``: as :func:`locate_bundle` takes it (None: the ``name`` bundle). Settings: the keys of
+    :data:`INFERENCE_SETTINGS` its ``configs/inference.json`` defines, plus ``weights`` (the file loaded).
+    """
+    from monai.bundle import ConfigParser
+
+    folder = locate_bundle(bundle, name)
+    parser = ConfigParser()
+    parser.read_config(str(folder / "configs" / "inference.json"))
+    parser["bundle_root"] = str(folder)
+    network = parser.get_parsed_content("network_def")
+    if weights is None and not (folder / "models" / "model.pt").is_file():
+        raise WeightsError(
+            f"no trained weights in {folder / 'models' / 'model.pt'}: train the bundle (see {folder / 'docs'}"
+            "/README.md) or give a weights file"
+        )
+    load_weights(network, weights or folder / "models" / "model.pt")
+    settings = {key: parser.get_parsed_content(key) for key in INFERENCE_SETTINGS if key in parser}
+    settings["weights"] = str(weights or folder / "models" / "model.pt")
+    settings["bundle"] = str(folder)
+    return network.to(device).eval(), settings
+
+
+def bundle_provenance(
+    segmentation_bundle: str | os.PathLike | None = None,
+    detection_bundle: str | os.PathLike | None = None,
+    segmentation_weights: str | os.PathLike | None = None,
+    detection_weights: str | os.PathLike | None = None,
+) -> dict:
+    """What a prediction was made with: each bundle's folder and version, its weights file and their SHA-256."""
+
+    def info(bundle, name, weights) -> dict:
+        folder = locate_bundle(bundle, name)
+        weights = Path(weights or folder / "models" / "model.pt")
+        meta = json.loads((folder / "configs" / "metadata.json").read_text())
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+        return {"bundle": str(folder), "version": meta.get("version"), "weights": str(weights), "sha256": digest}
+
+    return {
+        "segmentation_model": info(segmentation_bundle, "segmentation", segmentation_weights),
+        "detection_model": info(detection_bundle, "detection", detection_weights),
+    }
+
+
+def report_training_outputs(ckpt_dir: str | os.PathLike, output_dir: str | os.PathLike) -> str:
+    """Print (and return) where a finished training run put its outputs: the run's last line."""
+    ckpt_dir, output_dir = Path(ckpt_dir).resolve(), Path(output_dir).resolve()
+    message = (
+        f"training finished: best model {ckpt_dir / 'model.pt'}, resumable state {ckpt_dir / 'checkpoint_latest.pt'}"
+        f", TensorBoard logs in {output_dir} (bt-monai curves {output_dir} --output curves.png draws them)"
+    )
+    print(message, flush=True)
+    return message

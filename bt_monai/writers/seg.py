@@ -1,0 +1,131 @@
+"""Masks as a DICOM SEG (highdicom): binary, one "Tumor" segment, referencing the source instances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bt_monai import __version__
+from bt_monai.utils import quiet_loggers
+
+if TYPE_CHECKING:
+    from bt_monai.data.dicom import DicomFrame, DicomSeries
+
+__all__ = ["seg_bytes"]
+
+# Type 2 attributes (present, possibly empty) of the modules a SEG copies from its source; some exports omit them.
+_TYPE2_FOR_SEG = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+    "StudyID",
+)
+
+
+def _source_headers(frames: list[DicomFrame]) -> dict[Path, object]:
+    """The headers of the instances of ``frames`` (each once), with the Type 2 attributes a SEG copies."""
+    import pydicom
+
+    paths = list(dict.fromkeys(f.path for f in frames))
+    with quiet_loggers("pydicom", ignore_warnings=False):
+        headers = {p: pydicom.dcmread(p, stop_before_pixels=True) for p in paths}
+    for header in headers.values():
+        for keyword in _TYPE2_FOR_SEG:
+            if keyword not in header:
+                setattr(header, keyword, "")
+    return headers
+
+
+def _pixel_array(headers: dict, frames: list[DicomFrame], masks: list[np.ndarray]) -> tuple[np.ndarray, list]:
+    """The SEG's boolean ``(frames, rows, columns)`` array and its source datasets, one per array frame.
+
+    Single-frame sources: one frame per mask. A multi-frame source: one frame per source frame (frames not
+    predicted are empty). Raises ``ValueError`` for several multi-frame objects (one SEG references one).
+    """
+    multiframe = [
+        h for h in headers.values() if int(h.get("NumberOfFrames") or 1) > 1 or "PerFrameFunctionalGroupsSequence" in h
+    ]
+    if multiframe and len(headers) > 1:
+        raise ValueError(
+            f"the series holds {len(headers)} objects of a multi-frame (enhanced) type: a DICOM SEG can reference "
+            "only one such object (the NIfTI mask and the overlays cover the series)"
+        )
+    if any(f.frame is not None for f in frames):
+        (header,) = headers.values()
+        array = np.zeros((int(header.NumberOfFrames), frames[0].rows, frames[0].columns), dtype=bool)
+        for frame, mask in zip(frames, masks, strict=True):
+            array[frame.frame] = mask > 0
+        return array, [header]
+    return np.stack([m > 0 for m in masks]), [headers[f.path] for f in frames]
+
+
+def _segment_description():
+    """Segment 1, "Tumor": a neoplasm, found automatically by this package's networks."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    return hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Tumor",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="bt_monai MobileNetV2 U-Net", family=codes.cid7162.ArtificialIntelligence, version=__version__
+        ),
+    )
+
+
+def _segmentation(series: DicomSeries, sources: list, array: np.ndarray, description) -> bytes:
+    """The highdicom SEG of ``array`` over ``sources``, numbered beside its source series, as file bytes."""
+    import io
+
+    import highdicom as hd
+
+    try:
+        source_number = abs(int(series.attributes.get("SeriesNumber") or 0))
+    except ValueError:
+        source_number = 0
+    with quiet_loggers("highdicom", "pydicom", ignore_warnings=False):
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=array,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=hd.UID(),
+            series_number=min(1000 + source_number, 2**31 - 1),  # beside its source series in viewers
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="bt_monai",
+            manufacturer_model_name="bt_monai brain tumor segmentation",
+            software_versions=__version__,
+            device_serial_number="none",
+            content_label="TUMOR",
+            content_description="Tumor segmentation, research use only",
+        )
+        seg.SeriesDescription = f"Tumor SEG {series.attributes.get('SeriesDescription', '')}".strip()[:64]
+        buffer = io.BytesIO()
+        seg.save_as(buffer)
+    return buffer.getvalue()
+
+
+def seg_bytes(series: DicomSeries, frames: list[DicomFrame], masks: list[np.ndarray]) -> bytes:
+    """A DICOM SEG (binary, segment 1 "Tumor") of ``masks`` (``(H, W)`` 0/1, one per frame) over their sources.
+
+    Single-frame sources: one referenced instance per predicted slice. A multi-frame source: one frame per
+    source frame (frames not predicted are empty). Empty frames are omitted (highdicom keeps them all when
+    every frame is empty). Raises ``ValueError`` with the reason when no SEG can be made for this series, and
+    ``ImportError`` when highdicom is not installed.
+    """
+    import highdicom  # noqa: F401  (first: without it, say so before reading any file)
+
+    headers = _source_headers(frames)
+    array, sources = _pixel_array(headers, frames, masks)
+    return _segmentation(series, sources, array, _segment_description())
