@@ -111,7 +111,7 @@ def _overlay_rows(output: Path, name: str, rows: Sequence[tuple[str, str, str]],
         pred = predictions[path].mask > 0
         overlay = overlay_rgb(gray, prediction=pred, truth=truth, window="max")
         axes[row, 0].imshow(gray, cmap="gray")
-        axes[row, 0].set_title(f"{printable(title)}: {printable(Path(path).name)}", fontsize=8)
+        axes[row, 0].set_title(f"{printable(title)}\n{printable(Path(path).name)}", fontsize=8)
         axes[row, 1].imshow(overlay)
         axes[row, 1].set_title(f"{caption} (green truth, red prediction)", fontsize=8)
     for ax in axes.ravel():
