@@ -49,7 +49,7 @@ BUNDLE_ROOT_ENV = "BT_MONAI_BUNDLE_ROOT"
 SHIPPED_PACKAGE = "bt_monai.shipped_bundles"
 # What a copy for training takes: the bundle itself, not an earlier run's outputs.
 _COPY_IGNORE = shutil.ignore_patterns(
-    "eval", "demo_data", "demo_data.partial", "__pycache__", "__init__.py", "checkpoint_*.pt", "model.*.pt", ".*"
+    "eval", "demo_data", "demo_data.partial", "__pycache__", "checkpoint_*.pt", "model.*.pt", ".*"
 )
 
 

@@ -22,7 +22,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 from monai.utils import MetaKeys
 
-from bt_monai.bundle import load_bundle_network
+from bt_monai.bundle import INFERENCE_SETTINGS, load_bundle_network
 from bt_monai.inferers.autocast import AutocastInferer
 from bt_monai.transforms import slice_preprocessing
 from bt_monai.transforms.volume import probability_to_mask
@@ -115,8 +115,7 @@ class TumorPredictor:
                     f"the bundles disagree on {key} ({seg.get(key)} vs {det.get(key)}): one preprocessing "
                     "serves both models, so retrain one of them or pass the setting explicitly"
                 )
-        keys = ("input_mode", "spatial_size", "threshold", "amp", "channels_last", "gate_masks", "min_component_px")
-        settings = {k: seg[k] for k in keys if k in seg}
+        settings = {k: seg[k] for k in INFERENCE_SETTINGS if k in seg}
         if "threshold" in det:
             settings["detection_threshold"] = det["threshold"]
         return cls(segmenter, classifier, **{**settings, **kwargs})
