@@ -42,6 +42,14 @@ def _predictor(args: argparse.Namespace):
         overrides["threshold"] = args.threshold
     if args.detection_threshold is not None:
         overrides["detection_threshold"] = args.detection_threshold
+    if args.segment_gate is not None:
+        overrides["segment_gate"] = args.segment_gate
+    if args.decode_workers is not None:
+        overrides["decode_workers"] = args.decode_workers
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     return TumorPredictor.from_bundles(
         args.segmentation_bundle, args.detection_bundle, args.segmentation_weights, args.detection_weights, **overrides
     )
@@ -93,7 +101,7 @@ def _infer_dicom(args: argparse.Namespace) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from bt_monai.apps.dicom import looks_like_dicom_input
+    from bt_monai.apps.dicom_input import looks_like_dicom_input
     from bt_monai.apps.infer import infer_folder
 
     if args.input_type == "dicom" or (args.input_type == "auto" and looks_like_dicom_input(args.input)):
@@ -198,6 +206,27 @@ def _probability(text: str) -> float:
     return value
 
 
+def _gate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a tumor probability between 0 and 1 is expected, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1 is expected, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 0 is expected, got {text}")
+    return value
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segmentation-bundle", help="segmentation bundle folder or name (default: the installed bundle)")
     p.add_argument(
@@ -235,6 +264,22 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--gate-masks",
         choices=("on", "off"),
         help="clear the mask of slices the detector calls tumor-free (default: the segmentation bundle's setting)",
+    )
+    p.add_argument(
+        "--segment-gate",
+        type=_gate,
+        help="run the U-Net only on slices whose tumor probability is at least this; the others get an empty mask "
+        "(0: segment every slice; default: the segmentation bundle's setting)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="CPU threads of the networks (default: PyTorch's, one per core)",
+    )
+    p.add_argument(
+        "--decode-workers",
+        type=_non_negative_int,
+        help="threads that read and resize slices while the networks run (default 2; 0: none)",
     )
 
 

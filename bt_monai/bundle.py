@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import shutil
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -229,32 +230,86 @@ INFERENCE_SETTINGS = (
     "amp",
     "gate_masks",
     "min_component_px",
+    "segment_gate",
 )
 
 
+def _literal(value) -> bool:
+    """A config value MONAI's ConfigParser would return as it is (no ``$`` expression, ``@`` or ``%`` reference)."""
+    if isinstance(value, str):
+        return not value.startswith(("$", "@", "%"))
+    if isinstance(value, list):
+        return all(_literal(v) for v in value)
+    if isinstance(value, dict):
+        return all(_literal(v) for v in value.values())
+    return True
+
+
+def _scripted_network(folder: Path, network_def: dict):
+    """The bundle's ``models/model.ts`` when it was exported from this very ``network_def``, else None.
+
+    ``python -m monai.bundle ckpt_export ... --config_file configs/inference.json`` stores the config in the
+    TorchScript file; a file exported from another ``network_def`` (or without the config) is not used.
+    """
+    import torch
+
+    path = folder / "models" / "model.ts"
+    if not path.is_file():
+        return None
+    extra = {"inference.json": ""}
+    try:
+        with warnings.catch_warnings():  # "torch.jit.load is deprecated": the bundle format is MONAI's choice
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            network = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        exported = json.loads(extra["inference.json"] or "{}").get("network_def")
+    except Exception:  # unreadable or from another torch: the network is built from its definition instead
+        return None
+    return network if exported == network_def else None
+
+
 def load_bundle_network(
-    bundle: str | os.PathLike | None, weights: str | os.PathLike | None = None, device="cpu", name: str = "segmentation"
+    bundle: str | os.PathLike | None,
+    weights: str | os.PathLike | None = None,
+    device="cpu",
+    name: str = "segmentation",
+    scripted: bool = True,
 ):
     """The bundle's ``network_def`` with weights loaded, in eval mode, and its inference settings.
 
     ``bundle``: as :func:`locate_bundle` takes it (None: the ``name`` bundle). Settings: the keys of
     :data:`INFERENCE_SETTINGS` its ``configs/inference.json`` defines, plus ``weights`` (the file loaded).
-    """
-    from monai.bundle import ConfigParser
 
+    With ``scripted`` the network is the bundle's TorchScript export (``models/model.ts``) when that was
+    exported from the same ``network_def``: it needs neither MONAI nor the network's Python code, which makes
+    a cold start seconds shorter. The weights are loaded from ``weights`` (default ``models/model.pt``) either
+    way, so a stale export can never bring old weights.
+    """
     folder = locate_bundle(bundle, name)
-    parser = ConfigParser()
-    parser.read_config(str(folder / "configs" / "inference.json"))
-    parser["bundle_root"] = str(folder)
-    network = parser.get_parsed_content("network_def")
+    config_file = folder / "configs" / "inference.json"
+    config = json.loads(config_file.read_text())
     if weights is None and not (folder / "models" / "model.pt").is_file():
         raise WeightsError(
             f"no trained weights in {folder / 'models' / 'model.pt'}: train the bundle (see {folder / 'docs'}"
             "/README.md) or give a weights file"
         )
-    load_weights(network, weights or folder / "models" / "model.pt")
-    settings = {key: parser.get_parsed_content(key) for key in INFERENCE_SETTINGS if key in parser}
-    settings["weights"] = str(weights or folder / "models" / "model.pt")
+    weights = Path(weights or folder / "models" / "model.pt")
+    wanted = [key for key in INFERENCE_SETTINGS if key in config]
+    network = _scripted_network(folder, config.get("network_def")) if scripted else None
+    if network is not None and all(_literal(config[key]) for key in wanted):
+        settings = {key: config[key] for key in wanted}
+    else:  # expressions or references in the config, or no usable export: MONAI resolves the config
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(str(config_file))
+        parser["bundle_root"] = str(folder)
+        if network is None:
+            network = parser.get_parsed_content("network_def")
+        settings = {key: parser.get_parsed_content(key) for key in wanted}
+    load_weights(network, weights)
+    settings["weights"] = str(weights)
     settings["bundle"] = str(folder)
     return network.to(device).eval(), settings
 

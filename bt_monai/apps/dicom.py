@@ -34,21 +34,25 @@ import numpy as np
 from tqdm import tqdm
 
 from bt_monai import __version__
+from bt_monai.apps.dicom_input import (
+    GENERATOR,
+    SERIES_MARKER,
+    is_own_output_dir,
+    looks_like_dicom_input,
+    read_marker,
+)
 from bt_monai.data.dicom import (
     DicomFrame,
     DicomScan,
     DicomSeries,
-    is_dicom_file,
     iter_frame_pixels,
     scan_dicom_folder,
     to_channel_first,
 )
-from bt_monai.data.readers import slice_format
 from bt_monai.inferers import TumorPredictor
 from bt_monai.utils import (
     atomic_write_bytes,
     inside,
-    is_temporary,
     make_temporary_dir,
     remove_stale_temporaries,
     safe_name,
@@ -80,9 +84,7 @@ DICOM_PREDICTION_COLUMNS = (
 )
 PATIENT_COLUMNS = ("PatientID", "PatientName")  # left out with anonymize
 REPORTS = ("predictions.csv", "summary.json", "skipped.csv")
-SERIES_MARKER = "series.json"
 SERIES_OUTPUTS = {SERIES_MARKER, "seg.dcm", "mask.nii.gz", "overlays"}  # all a series folder may hold
-GENERATOR = "bt_monai DICOM inference"
 
 
 class SeriesSkipped(Exception):
@@ -104,34 +106,6 @@ class DicomRunSummary:
     @property
     def series_done(self) -> int:
         return len(self.processed) + len(self.reused)
-
-
-# --- input detection ----------------------------------------------------------------------------------------
-
-
-def _is_own_output_dir(folder: Path) -> bool:
-    """A folder this tool wrote (a finished series folder, or a temporary one in progress): never an input."""
-    return is_temporary(folder) or _read_marker(folder) is not None
-
-
-def looks_like_dicom_input(source: str | os.PathLike) -> bool:
-    """Whether ``infer`` should read ``source`` as DICOM: a DICOM file or DICOMDIR, or a folder holding a
-    DICOMDIR or at least as many DICOM files (``DICM`` preamble or ``.dcm``) as other slice images.
-
-    This tool's own outputs (series folders, PNG overlays) do not count.
-    """
-    source = Path(source).expanduser()
-    if source.is_file():
-        return is_dicom_file(source)
-    dicom = other = 0
-    for dirpath, dirnames, names in os.walk(source):
-        dirnames[:] = [d for d in dirnames if not _is_own_output_dir(Path(dirpath) / d)]
-        for name in names:
-            if name.upper() == "DICOMDIR":
-                return True
-            kind = slice_format(Path(dirpath) / name)  # by suffix first: image files are not opened
-            dicom, other = dicom + (kind == "dicom"), other + (kind not in (None, "dicom"))
-    return dicom > 0 and dicom >= other
 
 
 # --- names and folders --------------------------------------------------------------------------------------
@@ -158,17 +132,9 @@ def _fingerprint(series: DicomSeries) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
 
-def _read_marker(folder: Path) -> dict | None:
-    try:
-        marker = json.loads((folder / SERIES_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) and marker.get("generator") == GENERATOR else None
-
-
 def _ours_for(folder: Path, series: DicomSeries) -> bool:
     """Whether ``folder`` is this tool's output for ``series``, holding nothing else (so it may be replaced)."""
-    marker = _read_marker(folder)
+    marker = read_marker(folder)
     return (
         marker is not None
         and marker.get("series_instance_uid") == series.uid
@@ -402,7 +368,7 @@ def _scan(source: Path, output: Path) -> DicomScan:
     own_reports = {os.path.realpath(output / name) for name in REPORTS}
     return scan_dicom_folder(
         source,
-        skip_dir=_is_own_output_dir,
+        skip_dir=is_own_output_dir,
         skip_file=lambda p: os.path.realpath(p) in own_reports,
     )
 
@@ -437,7 +403,7 @@ def _folder_for(run: _Run, series: DicomSeries) -> str:
 def _reuse(run: _Run, series: DicomSeries, folder: str, fingerprint: dict) -> bool:
     """Whether an earlier run finished ``folder`` with these slices and this predictor; if so, report it."""
     target = run.output / folder
-    marker = _read_marker(target) if target.exists() else None
+    marker = read_marker(target) if target.exists() else None
     if not marker or run.overwrite or marker.get("fingerprint") != fingerprint or "rows" not in marker:
         return False
     run.record(series, folder, "done earlier", marker["summary"], marker["rows"])

@@ -20,6 +20,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -27,7 +29,7 @@ from typing import IO
 from tqdm import tqdm
 
 from bt_monai.data import discover_images
-from bt_monai.data.readers import strip_image_suffix
+from bt_monai.data.pixels import strip_image_suffix
 from bt_monai.inferers import TumorPredictor
 from bt_monai.utils import inside, remove_stale_temporaries, write_csv
 from bt_monai.writers.masks import write_mask_png
@@ -179,17 +181,28 @@ def infer_folder(
 
         todo = [p for p in inputs if relatives[p] not in rows]
         progress = tqdm(total=len(inputs), initial=len(inputs) - len(todo), desc="slices", unit="slice", disable=None)
-        for prediction in predictor.predict_paths(todo, batch_size, on_error=skip):
-            relative = relatives[Path(prediction.path)]
-            mask_path = output / "masks" / names[relative]
-            if os.path.realpath(mask_path) in input_set:
-                raise RuntimeError(f"refusing to overwrite the input {mask_path}")
-            write_mask_png(mask_path, prediction.mask)
-            probability, area = f"{prediction.tumor_probability:.6f}", str(prediction.tumor_area_px)
-            row = (relative, probability, str(prediction.tumor), area)
+
+        def write(prediction, relative: str, row: tuple) -> None:
+            # mask first, then its journal line: a line in the journal always has its mask on disk
+            write_mask_png(output / "masks" / names[relative], prediction.mask)
             journal.append([*row, names[relative], *_input_state(Path(prediction.path))])
-            rows[relative] = row
             progress.update()
+
+        # One writer thread, in order, overlaps PNG encoding with the networks; a bounded queue keeps memory flat.
+        with ThreadPoolExecutor(1, thread_name_prefix="bt_monai-write") as writer:
+            pending: deque = deque()
+            for prediction in predictor.predict_paths(todo, batch_size, on_error=skip):
+                relative = relatives[Path(prediction.path)]
+                if os.path.realpath(output / "masks" / names[relative]) in input_set:
+                    raise RuntimeError(f"refusing to overwrite the input {output / 'masks' / names[relative]}")
+                probability, area = f"{prediction.tumor_probability:.6f}", str(prediction.tumor_area_px)
+                row = (relative, probability, str(prediction.tumor), area)
+                pending.append(writer.submit(write, prediction, relative, row))
+                rows[relative] = row
+                while len(pending) > 2 * batch_size:
+                    pending.popleft().result()  # raises a write error here, in order
+            while pending:
+                pending.popleft().result()
         progress.close()
         ordered = [rows[relatives[p]] for p in inputs if relatives[p] in rows]  # the inputs' order, as uninterrupted
         summary.slices = len(ordered)

@@ -1,51 +1,32 @@
 """Data layer: slice readers, dataset discovery, the patient-level datalist, samplers and DICOM (``dicom/``)."""
 
-from bt_monai.data.datalist import (
-    SPLITS,
-    check_split_sizes,
-    datalist_entry,
-    load_or_make_datalist,
-    make_datalist,
-    patients_in_split,
-    split_patients,
-    write_datalist,
-)
-from bt_monai.data.dicom import DicomSliceReader
-from bt_monai.data.discovery import (
-    DatasetError,
-    SliceRecord,
-    discover_images,
-    discover_kaggle3m,
-    is_mask_file,
-    mask_has_tumor,
-    mask_path_for,
-)
-from bt_monai.data.readers import NiftiSliceReader, SliceLoader, TiffReader, slice_format
-from bt_monai.data.samplers import TumorSliceSampler, tumor_slice_weights
-from bt_monai.data.synthetic import make_synthetic_kaggle3m
+from bt_monai.utils.lazy import lazy_exports
 
-__all__ = [
-    "SPLITS",
-    "DatasetError",
-    "DicomSliceReader",
-    "NiftiSliceReader",
-    "SliceLoader",
-    "SliceRecord",
-    "check_split_sizes",
-    "TiffReader",
-    "TumorSliceSampler",
-    "datalist_entry",
-    "discover_images",
-    "discover_kaggle3m",
-    "is_mask_file",
-    "load_or_make_datalist",
-    "make_synthetic_kaggle3m",
-    "make_datalist",
-    "mask_has_tumor",
-    "mask_path_for",
-    "patients_in_split",
-    "slice_format",
-    "split_patients",
-    "tumor_slice_weights",
-    "write_datalist",
-]
+_EXPORTS = {
+    "SPLITS": "bt_monai.data.datalist",
+    "DatasetError": "bt_monai.data.discovery",
+    "DicomSliceReader": "bt_monai.data.dicom",
+    "NiftiSliceReader": "bt_monai.data.readers",
+    "SliceLoader": "bt_monai.data.readers",
+    "SliceRecord": "bt_monai.data.discovery",
+    "check_split_sizes": "bt_monai.data.datalist",
+    "TiffReader": "bt_monai.data.readers",
+    "TumorSliceSampler": "bt_monai.data.samplers",
+    "datalist_entry": "bt_monai.data.datalist",
+    "discover_images": "bt_monai.data.discovery",
+    "discover_kaggle3m": "bt_monai.data.discovery",
+    "is_mask_file": "bt_monai.data.discovery",
+    "load_or_make_datalist": "bt_monai.data.datalist",
+    "make_synthetic_kaggle3m": "bt_monai.data.synthetic",
+    "make_datalist": "bt_monai.data.datalist",
+    "mask_has_tumor": "bt_monai.data.discovery",
+    "mask_path_for": "bt_monai.data.discovery",
+    "patients_in_split": "bt_monai.data.datalist",
+    "slice_format": "bt_monai.data.readers",
+    "split_patients": "bt_monai.data.datalist",
+    "tumor_slice_weights": "bt_monai.data.samplers",
+    "write_datalist": "bt_monai.data.datalist",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_monai.data.readers import slice_format, strip_image_suffix
+from bt_monai.data.pixels import slice_format, strip_image_suffix
 
 __all__ = [
     "DatasetError",

@@ -12,14 +12,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import tifffile
-import torch
 from monai.data import ImageReader, MetaTensor, NibabelReader, PILReader
 from monai.data.image_reader import _copy_compatible_dict, _stack_images
 from monai.transforms import LoadImage
 from monai.utils import MetaKeys, ensure_tuple
 
 from bt_monai.data.dicom.decode import DicomSliceReader
+from bt_monai.data.pixels import (
+    DICOM_SUFFIXES,
+    IMAGE_SUFFIXES,
+    NIFTI_SUFFIXES,
+    PIL_SUFFIXES,
+    TIFF_SUFFIXES,
+    _has_suffix,
+    check_slice_pixels,
+    read_tiff,
+    slice_format,
+    strip_image_suffix,
+)
 from bt_monai.utils import quiet_loggers
 
 __all__ = [
@@ -35,53 +45,6 @@ __all__ = [
     "make_slice_readers",
     "SliceLoader",
 ]
-
-TIFF_SUFFIXES = (".tif", ".tiff")
-PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
-
-
-def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
-    name = path.name.lower()
-    return any(name.endswith(s) for s in suffixes)
-
-
-def _has_dicom_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def strip_image_suffix(name: str) -> str:
-    """``name`` without its image extension (``.nii.gz`` counts as one); other names are returned as they are."""
-    lower = name.lower()
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def slice_format(path: str | os.PathLike) -> str | None:
-    """Return ``"tiff"``, ``"pil"``, ``"nifti"`` or ``"dicom"`` for ``path``, or None if it is none of them.
-
-    The suffix decides; a file without a known suffix is DICOM when it carries the ``DICM`` preamble
-    (PACS exports often have no extension).
-    """
-    path = Path(path)
-    if _has_suffix(path, TIFF_SUFFIXES):
-        return "tiff"
-    if _has_suffix(path, PIL_SUFFIXES):
-        return "pil"
-    if _has_suffix(path, NIFTI_SUFFIXES):
-        return "nifti"
-    if _has_suffix(path, DICOM_SUFFIXES) or _has_dicom_preamble(path):
-        return "dicom"
-    return None
 
 
 class TiffReader(ImageReader):
@@ -100,15 +63,7 @@ class TiffReader(ImageReader):
         return all(_has_suffix(Path(f), TIFF_SUFFIXES) for f in ensure_tuple(filename))
 
     def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs) -> list[np.ndarray] | np.ndarray:
-        arrays = []
-        for f in ensure_tuple(data):
-            with tifffile.TiffFile(os.fspath(f)) as tif:
-                series = tif.series[0]
-                arr = series.asarray(**{**self.kwargs, **kwargs})
-                axes = series.axes
-            if "S" in axes and axes.index("S") != len(axes) - 1:
-                arr = np.moveaxis(arr, axes.index("S"), -1)  # planar (separate) samples -> interleaved
-            arrays.append(arr)
+        arrays = [read_tiff(f, **{**self.kwargs, **kwargs}) for f in ensure_tuple(data)]
         return arrays if len(arrays) > 1 else arrays[0]
 
     def get_data(self, img: np.ndarray | list[np.ndarray]) -> tuple[np.ndarray, dict]:
@@ -174,11 +129,5 @@ class SliceLoader:
         if fmt is None:
             raise ValueError(f"{filename}: not a supported slice file (TIFF, PNG, JPEG, DICOM or NIfTI expected)")
         img = self.loader(filename, reader=self.readers[fmt])
-        if img.ndim != 3:
-            raise ValueError(f"{filename}: expected a 2D slice, got an image of shape {tuple(img.shape)}")
-        if img.numel() == 0:
-            raise ValueError(f"{filename}: the image has no pixels (shape {tuple(img.shape)})")
-        bad = int((~torch.isfinite(img.as_tensor())).sum())
-        if bad:  # NaN/Inf would turn the whole network input into NaN after intensity scaling
-            raise ValueError(f"{filename}: {bad} pixel value(s) are NaN or infinite")
+        check_slice_pixels(img.as_tensor().numpy(), filename)
         return img

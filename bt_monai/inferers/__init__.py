@@ -1,6 +1,15 @@
 """Inferers: autocast + channels-last execution, and the one predictor that serves every face."""
 
-from bt_monai.inferers.autocast import AutocastInferer, cpu_supports_bf16
-from bt_monai.inferers.predictor import SlicePrediction, TumorPredictor
+from bt_monai.utils.lazy import lazy_exports
 
-__all__ = ["AutocastInferer", "SlicePrediction", "TumorPredictor", "cpu_supports_bf16"]
+_EXPORTS = {
+    "AutocastInferer": "bt_monai.inferers.autocast",
+    "SlicePrediction": "bt_monai.inferers.predictor",
+    "TumorPredictor": "bt_monai.inferers.predictor",
+    "autocast_dtype": "bt_monai.inferers.execution",
+    "cpu_supports_bf16": "bt_monai.inferers.execution",
+    "run_network": "bt_monai.inferers.execution",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

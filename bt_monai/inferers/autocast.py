@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
+from bt_monai.inferers.execution import autocast_dtype, cpu_supports_bf16, run_network
+
 __all__ = ["AutocastInferer", "cpu_supports_bf16"]
-
-
-@functools.cache
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast pays off."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class AutocastInferer(Inferer):
@@ -43,23 +33,12 @@ class AutocastInferer(Inferer):
 
     def autocast_dtype(self, device_type: str) -> torch.dtype | None:
         """The dtype autocast will use on ``device_type``, or None for plain float32."""
-        if not self.enabled:
-            return None
-        if self.dtype is not None:
-            return self.dtype
-        if device_type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if cpu_supports_bf16() else None
+        return autocast_dtype(device_type, self.enabled, self.dtype)
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         meta = inputs if isinstance(inputs, MetaTensor) else None
         x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        dtype = self.autocast_dtype(x.device.type)
-        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = network(x, *args, **kwargs)
-        out = out.float().contiguous()
+        out = run_network(network, x, self.autocast_dtype(x.device.type), self.channels_last, *args, **kwargs)
         if meta is not None:
             out = MetaTensor(out).copy_meta_from(meta)  # keeps is_batch, meta and applied operations
         return out

@@ -1,11 +1,15 @@
 """The one predictor behind every face of bt_monai (CLI, evaluation reports, DICOM, MONAI Label).
 
 It runs both bundles' networks on the same preprocessed slice: one preprocessing
-(:func:`bt_monai.transforms.slice_preprocessing`), one pair of thresholds, so the outputs of all faces agree
+(:mod:`bt_monai.transforms.functional`, the functions :func:`bt_monai.transforms.slice_preprocessing`'s
+transforms compute, applied here to whole batches), one pair of thresholds, so the outputs of all faces agree
 by construction. Network definitions, input mode, input size and thresholds are read from each bundle's
 ``configs/inference.json`` (:func:`bt_monai.bundle.load_bundle_network`); weights from ``models/model.pt``
 unless given. The pixel threshold is the segmentation bundle's, the tumor-probability threshold the
 detection bundle's.
+
+The streaming path (:meth:`TumorPredictor.predict_paths`, :meth:`TumorPredictor.predict_arrays`) needs no
+MONAI: files are decoded and resized by worker threads while the networks run on the previous batch.
 """
 
 from __future__ import annotations
@@ -13,19 +17,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose
-from monai.utils import MetaKeys
 
 from bt_monai.bundle import INFERENCE_SETTINGS, load_bundle_network
-from bt_monai.inferers.autocast import AutocastInferer
-from bt_monai.transforms import slice_preprocessing
-from bt_monai.transforms.volume import probability_to_mask
+from bt_monai.data.pixels import PIXEL_FORMATS, read_slice_pixels, slice_format
+from bt_monai.inferers.execution import autocast_dtype, run_network
+from bt_monai.transforms.functional import (
+    UPPER_PERCENTILE,
+    prepare_slice,
+    probabilities_to_masks,
+    probability_to_mask,
+    scale_batch,
+)
 
 __all__ = ["SlicePrediction", "TumorPredictor"]
 
@@ -56,13 +67,19 @@ class TumorPredictor:
     """Detection and segmentation of 2D slices with both bundles' networks.
 
     Args:
-        segmenter, classifier: networks returning logits ``(B, 1, H, W)`` and ``(B, 1)``.
+        segmenter, classifier: networks returning logits ``(B, 1, H, W)`` and ``(B, 1)`` (``nn.Module`` or
+            TorchScript).
         input_mode, spatial_size: the preprocessing both were trained with (must be one and the same).
         threshold: the per-pixel probability threshold of the masks (the segmentation bundle's).
         detection_threshold: the tumor-probability threshold of a slice (the detection bundle's); None: ``threshold``.
         gate_masks: clear the mask of a slice the classifier calls tumor-free.
         min_component_px: remove connected mask components smaller than this (pixels at the slice's size).
+        segment_gate: run the U-Net only on slices whose tumor probability is at least this; the others get
+            an empty mask (0: every slice is segmented). With ``gate_masks`` and a gate at or below
+            ``detection_threshold`` the outputs are those of no gate.
         amp, channels_last: bf16 autocast on capable CPUs (fp16 on CUDA) and channels-last execution.
+        decode_workers: threads that read and resize slice files while the networks run (0: in the caller's
+            thread).
     """
 
     def __init__(
@@ -75,9 +92,11 @@ class TumorPredictor:
         detection_threshold: float | None = None,
         gate_masks: bool = False,
         min_component_px: int = 0,
+        segment_gate: float = 0.0,
         amp: bool = True,
         channels_last: bool = True,
         device: torch.device | str | None = None,
+        decode_workers: int = 2,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -85,13 +104,13 @@ class TumorPredictor:
         self.classifier = classifier.to(self.device, memory_format=memory_format).eval()
         self.threshold, self.gate_masks, self.min_component_px = threshold, gate_masks, min_component_px
         self.detection_threshold = threshold if detection_threshold is None else detection_threshold
+        if not 0.0 <= segment_gate <= 1.0:
+            raise ValueError(f"segment_gate is a tumor probability in [0, 1], got {segment_gate}")
+        self.segment_gate = float(segment_gate)
         self.input_mode, self.spatial_size, self.channels_last = input_mode, tuple(spatial_size), channels_last
-        self.inferer = AutocastInferer(enabled=amp, channels_last=channels_last)
-        self.preprocessing = Compose(slice_preprocessing("image", input_mode=input_mode, spatial_size=spatial_size))
-        # The same transforms minus the loading step, for pixels decoded elsewhere (DICOM series, multi-frame).
-        self.array_preprocessing = Compose(
-            slice_preprocessing("image", input_mode=input_mode, spatial_size=spatial_size, load=False)
-        )
+        self.amp, self.decode_workers = amp, max(0, int(decode_workers))
+        self.autocast = autocast_dtype(self.device.type, amp)
+        self._monai_preprocessing = None
 
     @classmethod
     def from_bundles(
@@ -137,48 +156,101 @@ class TumorPredictor:
             "detection_threshold": self.detection_threshold,
             "gate_masks": self.gate_masks,
             "min_component_px": self.min_component_px,
+            "segment_gate": self.segment_gate,
             "input_mode": self.input_mode,
             "spatial_size": list(self.spatial_size),
             "channels_last": self.channels_last,
             "device": self.device.type,
-            "autocast": str(self.inferer.autocast_dtype(self.device.type)),
+            "autocast": str(self.autocast),
         }
         digest.update(json.dumps(settings, sort_keys=True).encode())
         return digest.hexdigest()
 
+    def _transforms(self, load: bool):
+        # MONAI's per-slice transforms (the bundles' own preprocessing), built on first use only.
+        if self._monai_preprocessing is None:
+            from monai.transforms import Compose
+
+            from bt_monai.transforms.presets import slice_preprocessing
+
+            self._monai_preprocessing = {
+                flag: Compose(
+                    slice_preprocessing("image", input_mode=self.input_mode, spatial_size=self.spatial_size, load=flag)
+                )
+                for flag in (True, False)
+            }
+        return self._monai_preprocessing[load]
+
     def preprocess(self, path: str | os.PathLike) -> torch.Tensor:
-        """The network input ``(3, H, W)`` of one slice file (metadata keeps its original size)."""
-        return self.preprocessing({"image": str(path)})["image"]
+        """The network input ``(3, H, W)`` of one slice file, through the bundles' MONAI transforms (a
+        ``MetaTensor`` whose metadata keeps the original size); the streaming path gives the same values."""
+        return self._transforms(load=True)({"image": str(path)})["image"]
 
     def preprocess_array(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """The network input ``(3, H, W)`` of already decoded pixels, through the same transforms as files.
+        """The network input ``(3, H, W)`` of already decoded pixels, through the same MONAI transforms as files.
 
         ``image``: channel-first ``(C, W, H)`` in MONAI's axis order (as :class:`bt_monai.transforms.LoadSlice`
         returns it: first spatial axis = image column), C = 1 (grayscale, taken as FLAIR), 3 or 4, any value
         range (e.g. rescaled DICOM values). The same pixels as a file give the same input as :meth:`preprocess`.
         """
+        from monai.data import MetaTensor
+        from monai.utils import MetaKeys
+
         if image.ndim != 3:
             raise ValueError(f"expected a channel-first (C, W, H) slice, got an array of shape {tuple(image.shape)}")
         tensor = torch.as_tensor(np.asarray(image, dtype=np.float32) if isinstance(image, np.ndarray) else image)
         # LoadSlice gives float32 with the original spatial shape in the metadata: start from the same state.
         meta = {MetaKeys.SPATIAL_SHAPE: np.asarray(tensor.shape[1:])}
-        return self.array_preprocessing({"image": MetaTensor(tensor.float(), meta=meta)})["image"]
+        return self._transforms(load=False)({"image": MetaTensor(tensor.float(), meta=meta)})["image"]
+
+    def prepare(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The per-slice half of the streaming preprocessing of a ``(C, W, H)`` slice: its input channels at the
+        network's size (:func:`bt_monai.transforms.functional.prepare_slice`); :meth:`inputs` finishes a batch."""
+        if image.ndim != 3:
+            raise ValueError(f"expected a channel-first (C, W, H) slice, got an array of shape {tuple(image.shape)}")
+        return prepare_slice(image, self.input_mode, self.spatial_size)
+
+    def inputs(self, prepared: list[torch.Tensor]) -> torch.Tensor:
+        """Network inputs ``(B, 3, H, W)`` in [0, 1] of :meth:`prepare`'d slices (percentile scaling, RGB)."""
+        return scale_batch(prepared, UPPER_PERCENTILE)
+
+    def _run(self, network, images: torch.Tensor) -> torch.Tensor:
+        # Unoptimized TorchScript runs the exported graph op by op under eager autocast, which gives the eager
+        # network's outputs exactly (the JIT's own autocast pass does not) and skips the JIT's profiling runs.
+        with torch.jit.optimized_execution(False):
+            return run_network(network, images.to(self.device), self.autocast, self.channels_last)
 
     @torch.no_grad()
     def predict_tensors(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tumor probabilities ``(B,)`` and per-pixel probabilities ``(B, 1, H, W)`` of a preprocessed batch."""
-        images = images.to(self.device)
-        segmentation = torch.sigmoid(self.inferer(images, self.segmenter))
-        return self.tumor_probabilities(images), segmentation.cpu()
+        """Tumor probabilities ``(B,)`` and per-pixel probabilities ``(B, 1, H, W)`` of a preprocessed batch.
+
+        With ``segment_gate``, slices below it are not segmented: their per-pixel probabilities are 0.
+        """
+        probabilities = self.tumor_probabilities(images)
+        segment = self.segmented(probabilities)
+        maps = torch.zeros((images.shape[0], 1, *images.shape[2:]))
+        if segment.any():
+            chosen = images if bool(segment.all()) else images[segment]
+            maps[segment] = torch.sigmoid(self._run(self.segmenter, chosen)).cpu()
+        return probabilities, maps
+
+    def segmented(self, tumor_probabilities: torch.Tensor) -> torch.Tensor:
+        """Which slices of a batch the U-Net runs on: bool ``(B,)``, those at or above ``segment_gate``."""
+        return tumor_probabilities >= self.segment_gate
 
     @torch.no_grad()
     def tumor_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Tumor probabilities ``(B,)`` of a preprocessed batch: the detection model alone (e.g. to rank slices)."""
-        return torch.sigmoid(self.inferer(images.to(self.device), self.classifier)).reshape(-1).cpu()
+        if hasattr(images, "as_tensor"):
+            images = images.as_tensor()
+        return torch.sigmoid(self._run(self.classifier, images)).reshape(-1).cpu()
 
     def to_mask(self, probability_map: torch.Tensor, original_size: tuple[int, int], tumor_probability: float):
         """Resize a ``(1, W, H)`` probability map to the slice's ``(W, H)``, threshold, clean; return ``(H, W)``."""
         mask = probability_to_mask(probability_map, original_size, self.threshold, self.min_component_px)
+        return self._finish_mask(mask, tumor_probability)
+
+    def _finish_mask(self, mask: np.ndarray, tumor_probability: float) -> np.ndarray:
         if self.gate_masks and tumor_probability < self.detection_threshold:
             mask[:] = False
         return np.ascontiguousarray(mask.T.astype(np.uint8))
@@ -191,10 +263,19 @@ class TumorPredictor:
     ) -> Iterator[SlicePrediction]:
         """Predict slice files in batches, yielding one :class:`SlicePrediction` per readable file, in order.
 
-        Streams: at most one batch of slices is held in memory. A file that cannot be read raises, unless
-        ``on_error(path, exception)`` is given: then it is reported there and skipped.
+        Streams: at most a few batches of slices are held in memory. A file that cannot be read raises, unless
+        ``on_error(path, exception)`` is given: then it is reported there and skipped. TIFF, PNG and JPEG are
+        decoded without MONAI (:func:`bt_monai.data.pixels.read_slice_pixels`); DICOM and NIfTI files through
+        :class:`bt_monai.data.readers.SliceLoader`; both give the same pixels.
         """
-        yield from self._stream(((str(path), path) for path in paths), self.preprocess, batch_size, on_error)
+        loader = _SliceFiles()
+
+        def read(path) -> tuple[torch.Tensor, tuple[int, int]]:
+            pixels = loader(path)
+            return self.prepare(pixels), tuple(int(s) for s in pixels.shape[1:])
+
+        items = ((str(path), path) for path in paths)
+        yield from self._stream(_ordered_map(read, items, self.decode_workers, 2 * batch_size), batch_size, on_error)
 
     def predict_arrays(
         self,
@@ -205,37 +286,138 @@ class TumorPredictor:
         """Predict already decoded slices ``(key, image)`` in batches; like :meth:`predict_paths` otherwise.
 
         ``image`` is channel-first ``(C, W, H)`` (see :meth:`preprocess_array`); ``key`` names the slice in
-        the yielded :class:`SlicePrediction` (its ``path``) and in ``on_error``. Masks are ``(H, W)``.
+        the yielded :class:`SlicePrediction` (its ``path``) and in ``on_error``. Masks are ``(H, W)``. The
+        iterable is consumed by a background thread (one batch ahead), so decoding overlaps the networks.
         """
-        items = ((str(key), image) for key, image in images)
-        yield from self._stream(items, self.preprocess_array, batch_size, on_error)
 
-    def _stream(self, items, prepare, batch_size: int, on_error) -> Iterator[SlicePrediction]:
-        batch: list[tuple[str, torch.Tensor]] = []
-        for key, item in items:
-            try:
-                batch.append((key, prepare(item)))
-            except Exception as e:
+        def read(image) -> tuple[torch.Tensor, tuple[int, int]]:
+            return self.prepare(image), tuple(int(s) for s in image.shape[1:])
+
+        items = ((str(key), image) for key, image in images)
+        prepared = _ordered_map(read, _background(items, batch_size), 0, 0)
+        yield from self._stream(prepared, batch_size, on_error)
+
+    def _stream(self, prepared, batch_size: int, on_error) -> Iterator[SlicePrediction]:
+        batch: list[tuple[str, torch.Tensor, tuple[int, int]]] = []
+        for key, result in prepared:
+            if isinstance(result, Exception):
                 if on_error is None:
-                    raise
-                on_error(key, _root_cause(e))
+                    raise result
+                on_error(key, result)
+            else:
+                batch.append((key, *result))
             if len(batch) == batch_size:
-                yield from self._run(batch)
+                yield from self._predict_batch(batch)
                 batch = []
         if batch:
-            yield from self._run(batch)
+            yield from self._predict_batch(batch)
 
-    def _run(self, batch: list[tuple[str, torch.Tensor]]) -> Iterator[SlicePrediction]:
-        images = torch.stack([image.as_tensor() for _, image in batch])
-        probabilities, maps = self.predict_tensors(images)
-        for (path, image), probability, probability_map in zip(batch, probabilities, maps, strict=True):
-            size = tuple(int(s) for s in image.meta["spatial_shape"][:2])
-            mask = self.to_mask(probability_map, size, float(probability))
-            yield SlicePrediction(path, float(probability), mask, self.detection_threshold)
+    def _predict_batch(self, batch: list[tuple[str, torch.Tensor, tuple[int, int]]]) -> Iterator[SlicePrediction]:
+        probabilities, maps = self.predict_tensors(self.inputs([image for _, image, _ in batch]))
+        segmented = self.segmented(probabilities)
+        sizes = [size for _, _, size in batch]
+        masks = [np.zeros(size, dtype=bool) for size in sizes]
+        chosen = [i for i in range(len(batch)) if segmented[i]]
+        if chosen:
+            computed = probabilities_to_masks(
+                maps[chosen], [sizes[i] for i in chosen], self.threshold, self.min_component_px
+            )
+            for i, mask in zip(chosen, computed, strict=True):
+                masks[i] = mask
+        for (key, _, _), probability, mask in zip(batch, probabilities.tolist(), masks, strict=True):
+            yield SlicePrediction(key, probability, self._finish_mask(mask, probability), self.detection_threshold)
 
 
-def _root_cause(error: Exception) -> Exception:
-    """The error a MONAI ``Compose`` wrapped ("applying transform ..."): it is the one that says what is wrong."""
-    while isinstance(error.__cause__, Exception) and "applying transform" in str(error):
-        error = error.__cause__
-    return error
+class _SliceFiles:
+    """Decode a slice file to ``(C, W, H)`` float32: TIFF/PNG/JPEG without MONAI, other formats with SliceLoader."""
+
+    def __init__(self) -> None:
+        self._loader = None
+        self._lock = threading.Lock()
+
+    def __call__(self, path) -> np.ndarray | torch.Tensor:
+        if slice_format(path) in PIXEL_FORMATS:
+            return read_slice_pixels(path)
+        with self._lock:  # built once, on the first DICOM or NIfTI file
+            if self._loader is None:
+                from bt_monai.data.readers import SliceLoader
+
+                self._loader = SliceLoader()
+        return self._loader(path).as_tensor()
+
+
+def _ordered_map(fn, items: Iterable[tuple[str, object]], workers: int, lookahead: int) -> Iterator[tuple[str, object]]:
+    """``(key, fn(item))`` in the order of ``items``, computed by ``workers`` threads up to ``lookahead`` ahead;
+    an exception raised by ``fn`` is yielded in place of its result. ``workers`` 0: in the caller's thread."""
+    if workers == 0:
+        for key, item in items:
+            try:
+                yield key, fn(item)
+            except Exception as e:
+                yield key, e
+        return
+    pending: deque = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="bt_monai-decode") as pool:
+        try:
+            for key, item in items:
+                pending.append((key, pool.submit(fn, item)))
+                if len(pending) > lookahead:
+                    yield _result(*pending.popleft())
+            while pending:
+                yield _result(*pending.popleft())
+        finally:
+            for _, future in pending:  # the consumer stopped early: drop what was not started
+                future.cancel()
+
+
+def _result(key: str, future) -> tuple[str, object]:
+    try:
+        return key, future.result()
+    except Exception as e:
+        return key, e
+
+
+_DONE = object()
+
+
+def _background(items: Iterable, depth: int) -> Iterator:
+    """The items of ``items``, produced by a background thread at most ``depth`` ahead of the consumer.
+
+    An exception raised by the iterable itself is re-raised in the consumer; a consumer that stops early stops
+    the producer at its next item.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(_DONE)
+        except BaseException as e:  # handed over to the consumer
+            buffer.put(_Raised(e))
+
+    thread = threading.Thread(target=produce, name="bt_monai-arrays", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+
+
+@dataclass
+class _Raised:
+    error: BaseException

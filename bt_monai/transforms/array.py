@@ -12,6 +12,15 @@ from monai.data import MetaTensor
 from monai.transforms import RandomizableTransform, Transform
 
 from bt_monai.data.readers import SliceLoader
+from bt_monai.transforms.functional import (
+    DEFAULT_INPUT_MODE,
+    FLAIR_CHANNEL,
+    INPUT_MODES,
+    grayscale_to_rgb,
+    input_channels,
+    remove_small_components,
+    select_input_channels,
+)
 
 __all__ = [
     "FLAIR_CHANNEL",
@@ -24,15 +33,6 @@ __all__ = [
     "RandSequenceDropout",
     "RemoveSmallComponents",
 ]
-
-FLAIR_CHANNEL = 1
-"""Index of FLAIR in the LGG TIFFs' three channels (0 pre-contrast, 1 FLAIR, 2 post-contrast)."""
-
-INPUT_MODES = {"flair": (FLAIR_CHANNEL,), "all": (0, 1, 2)}
-"""Named input channel selections: ``flair`` (one grayscale image) or ``all`` three sequences as RGB."""
-
-DEFAULT_INPUT_MODE = "all"
-"""The input the shipped models were trained with (a grayscale slice, e.g. DICOM, is FLAIR in any mode)."""
 
 
 class LoadSlice(Transform):
@@ -55,32 +55,17 @@ class SelectInputChannels(Transform):
     """
 
     def __init__(self, channels: Sequence[int] | str = DEFAULT_INPUT_MODE) -> None:
-        if isinstance(channels, str):
-            if channels not in INPUT_MODES:
-                raise ValueError(f"unknown input mode {channels!r}: use one of {sorted(INPUT_MODES)}")
-            channels = INPUT_MODES[channels]
-        self.channels = tuple(int(c) for c in channels)
+        self.channels = input_channels(channels)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        n = img.shape[0]
-        if n == 1:
-            return img
-        if n == 2:
-            return img[:1]
-        if n in (3, 4):
-            return img[list(self.channels)]
-        raise ValueError(f"expected 1 to 4 channels, got an image of shape {tuple(img.shape)}")
+        return select_input_channels(img, self.channels)
 
 
 class GrayscaleToRGB(Transform):
     """Repeat a single channel three times (``(1, W, H)`` -> ``(3, W, H)``); 3-channel input passes through."""
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        if img.shape[0] == 3:
-            return img
-        if img.shape[0] != 1:
-            raise ValueError(f"expected 1 or 3 channels, got an image of shape {tuple(img.shape)}")
-        return img.repeat(3, 1, 1) if isinstance(img, torch.Tensor) else np.repeat(img, 3, axis=0)
+        return grayscale_to_rgb(img)
 
 
 class BinarizeMask(Transform):
@@ -142,15 +127,8 @@ class RemoveSmallComponents(Transform):
     def __call__(self, mask: NdarrayOrTensor) -> NdarrayOrTensor:
         if self.min_size <= 1:
             return mask
-        from scipy import ndimage
-
         array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-        keep = np.zeros(array.shape, dtype=bool)
-        for c, channel in enumerate(array > 0):
-            labels, n = ndimage.label(channel)
-            if n:
-                sizes = np.bincount(labels.ravel())
-                keep[c] = (sizes >= self.min_size)[labels] & channel
+        kept = remove_small_components(array, self.min_size)
         if isinstance(mask, torch.Tensor):
-            return mask * torch.as_tensor(keep, device=mask.device).to(mask.dtype)
-        return (array * keep).astype(array.dtype)
+            return mask * torch.as_tensor(kept > 0, device=mask.device).to(mask.dtype)
+        return kept

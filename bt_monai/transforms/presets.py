@@ -28,7 +28,6 @@ from monai.transforms import (
     Transform,
 )
 
-from bt_monai.transforms.array import DEFAULT_INPUT_MODE
 from bt_monai.transforms.dictionary import (
     BinarizeMaskd,
     GrayscaleToRGBd,
@@ -36,10 +35,9 @@ from bt_monai.transforms.dictionary import (
     RandSequenceDropoutd,
     SelectInputChannelsd,
 )
+from bt_monai.transforms.functional import DEFAULT_INPUT_MODE, SPATIAL_SIZE, UPPER_PERCENTILE
 
 __all__ = ["SPATIAL_SIZE", "slice_preprocessing", "train_augmentations"]
-
-SPATIAL_SIZE = (224, 224)
 
 
 def slice_preprocessing(
@@ -47,7 +45,7 @@ def slice_preprocessing(
     mask_key: str | None = None,
     input_mode: str | Sequence[int] = DEFAULT_INPUT_MODE,
     spatial_size: Sequence[int] = SPATIAL_SIZE,
-    upper_percentile: float = 99.9,
+    upper_percentile: float = UPPER_PERCENTILE,
     load: bool = True,
 ) -> list[Transform]:
     """Transforms that turn ``{image_key: path[, mask_key: path]}`` into network-ready tensors.

@@ -16,27 +16,10 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import Compose, MapTransform
 
-from bt_monai.transforms.array import DEFAULT_INPUT_MODE, RemoveSmallComponents
-from bt_monai.transforms.presets import SPATIAL_SIZE, slice_preprocessing
+from bt_monai.transforms.functional import DEFAULT_INPUT_MODE, SPATIAL_SIZE, probability_to_mask
+from bt_monai.transforms.presets import slice_preprocessing
 
 __all__ = ["probability_to_mask", "SlicewisePreprocessd", "SlicewiseToMaskd"]
-
-
-def probability_to_mask(
-    probability_map: torch.Tensor, size: Sequence[int], threshold: float = 0.5, min_component_px: int = 0
-) -> np.ndarray:
-    """One slice's ``(1, w, h)`` probabilities to a bool mask ``(W, H)`` at the slice's own ``size = (W, H)``.
-
-    Bilinear resize of the probabilities, then ``>= threshold``, then connected components smaller than
-    ``min_component_px`` pixels removed (2D). MONAI axis order (first axis = image column) in and out.
-    """
-    if isinstance(probability_map, MetaTensor):
-        probability_map = probability_map.as_tensor()
-    resized = torch.nn.functional.interpolate(
-        probability_map[None].float().cpu(), size=tuple(int(s) for s in size), mode="bilinear"
-    )[0, 0]
-    mask = (resized >= threshold).numpy()
-    return RemoveSmallComponents(min_component_px)(mask[None])[0]
 
 
 class SlicewisePreprocessd(MapTransform):

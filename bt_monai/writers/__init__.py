@@ -5,9 +5,16 @@ libraries (highdicom, nibabel, PIL, scipy, matplotlib) are imported inside the f
 is cheap.
 """
 
-from bt_monai.writers.masks import write_mask_png
-from bt_monai.writers.nifti import nifti_bytes
-from bt_monai.writers.overlays import outline, overlay_png, overlay_rgb
-from bt_monai.writers.seg import seg_bytes
+from bt_monai.utils.lazy import lazy_exports
 
-__all__ = ["nifti_bytes", "outline", "overlay_png", "overlay_rgb", "seg_bytes", "write_mask_png"]
+_EXPORTS = {
+    "nifti_bytes": "bt_monai.writers.nifti",
+    "outline": "bt_monai.writers.overlays",
+    "overlay_png": "bt_monai.writers.overlays",
+    "overlay_rgb": "bt_monai.writers.overlays",
+    "seg_bytes": "bt_monai.writers.seg",
+    "write_mask_png": "bt_monai.writers.masks",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,9 +13,12 @@ __all__ = ["write_mask_png"]
 
 
 def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
-    """Write a 0/1 ``(H, W)`` mask as an 8-bit PNG of 0 and 255, atomically."""
+    """Write a 0/1 ``(H, W)`` mask as an 8-bit PNG of 0 and 255, atomically.
+
+    zlib level 1: a binary mask compresses nearly as well as at the default level 6, several times faster.
+    """
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray((mask > 0).astype(np.uint8) * 255).save(buffer, format="PNG")
+    Image.fromarray((mask > 0).astype(np.uint8) * 255).save(buffer, format="PNG", compress_level=1)
     atomic_write_bytes(path, buffer.getvalue())

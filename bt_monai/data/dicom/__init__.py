@@ -5,27 +5,22 @@ Layers run downwards: ``scan`` uses ``decode`` and ``series``; ``decode`` uses `
 neither. Output formats (DICOM SEG, NIfTI, overlays) live in :mod:`bt_monai.writers`.
 """
 
-from bt_monai.data.dicom.decode import (
-    DicomSliceReader,
-    decode_frame,
-    invert_monochrome1,
-    iter_frame_pixels,
-    to_channel_first,
-)
-from bt_monai.data.dicom.scan import DicomScan, is_dicom_file, read_header, scan_dicom_folder
-from bt_monai.data.dicom.series import DicomFrame, DicomSeries, dicom_voxel_volume_mm3
+from bt_monai.utils.lazy import lazy_exports
 
-__all__ = [
-    "DicomFrame",
-    "DicomScan",
-    "DicomSeries",
-    "DicomSliceReader",
-    "decode_frame",
-    "dicom_voxel_volume_mm3",
-    "invert_monochrome1",
-    "is_dicom_file",
-    "iter_frame_pixels",
-    "read_header",
-    "scan_dicom_folder",
-    "to_channel_first",
-]
+_EXPORTS = {
+    "DicomFrame": "bt_monai.data.dicom.series",
+    "DicomScan": "bt_monai.data.dicom.scan",
+    "DicomSeries": "bt_monai.data.dicom.series",
+    "DicomSliceReader": "bt_monai.data.dicom.decode",
+    "decode_frame": "bt_monai.data.dicom.decode",
+    "dicom_voxel_volume_mm3": "bt_monai.data.dicom.series",
+    "invert_monochrome1": "bt_monai.data.dicom.decode",
+    "is_dicom_file": "bt_monai.data.dicom.scan",
+    "iter_frame_pixels": "bt_monai.data.dicom.decode",
+    "read_header": "bt_monai.data.dicom.scan",
+    "scan_dicom_folder": "bt_monai.data.dicom.scan",
+    "to_channel_first": "bt_monai.data.dicom.decode",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -43,7 +43,7 @@ SERIES_ATTRIBUTES = (
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
     """Cheap test, no parsing: a DICOMDIR, a DICOM suffix (``.dcm``, ``.dicom``) or the ``DICM`` preamble."""
-    from bt_monai.data.readers import slice_format  # not at the top: readers imports this package
+    from bt_monai.data.pixels import slice_format
 
     return Path(path).name.upper() == "DICOMDIR" or slice_format(path) == "dicom"
 
