@@ -1,0 +1,186 @@
+"""The streaming inference path: MONAI-free, yet the values of the bundles' MONAI transforms and eager networks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from conftest import SUBSET, subprocess_env
+from PIL import Image
+
+from bt_monai.bundle import copy_bundle, load_bundle_network, locate_bundle
+from bt_monai.data.pixels import read_slice_pixels
+from bt_monai.data.readers import SliceLoader
+from bt_monai.inferers import TumorPredictor
+from bt_monai.transforms import slice_preprocessing
+from bt_monai.transforms.functional import percentiles, preprocess_slices
+
+
+@pytest.fixture(scope="module")
+def real_slices(lgg_root):
+    """Eight real LGG slices of one patient, tumor and tumor-free."""
+    return sorted(p for p in (lgg_root / SUBSET[2]).glob("*.tif") if not p.name.endswith("_mask.tif"))[6:14]
+
+
+@pytest.fixture(scope="module")
+def odd_slices(tmp_path_factory):
+    """Files of every pixel layout the readers accept, at different sizes, and a constant slice."""
+    folder, rng = tmp_path_factory.mktemp("odd"), np.random.default_rng(0)
+    tifffile.imwrite(folder / "rgb16.tif", rng.integers(0, 4000, (100, 120, 3), np.uint16))
+    tifffile.imwrite(folder / "gray16.tif", rng.integers(0, 4000, (256, 256), np.uint16))
+    tifffile.imwrite(folder / "float.tif", rng.normal(100, 30, (64, 80)).astype(np.float32))
+    Image.fromarray(rng.integers(0, 255, (90, 70), np.uint8)).save(folder / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (90, 70, 4), np.uint8)).save(folder / "rgba.png")
+    Image.fromarray(rng.integers(0, 255, (90, 70, 2), np.uint8)[..., 0], mode="L").convert("LA").save(folder / "la.png")
+    Image.fromarray(rng.integers(0, 255, (50, 60, 3), np.uint8)).save(folder / "rgb.jpg", quality=90)
+    Image.fromarray(np.full((40, 40), 7, np.uint8)).save(folder / "constant.png")
+    return sorted(folder.iterdir())
+
+
+def monai_preprocessing(paths, input_mode="all"):
+    from monai.transforms import Compose
+
+    transforms = Compose(slice_preprocessing("image", input_mode=input_mode))
+    return torch.stack([transforms({"image": str(p)})["image"].as_tensor() for p in paths])
+
+
+def test_pixels_are_read_as_monai_loadimage_reads_them(odd_slices, real_slices):
+    loader = SliceLoader()
+    for path in [*odd_slices, *real_slices]:
+        np.testing.assert_array_equal(read_slice_pixels(path), loader(path).numpy(), err_msg=str(path))
+
+
+def test_percentiles_equal_torch_quantile_exactly():
+    values = torch.rand(6, 50176) ** 8 * 255
+    for q in (0.0, 1.0, 50.0, 99.9, 100.0):
+        torch.testing.assert_close(
+            percentiles(values, q), torch.quantile(values, torch.tensor(q / 100), dim=1), rtol=0, atol=0
+        )
+
+
+@pytest.mark.parametrize("input_mode", ["all", "flair"])
+def test_batch_preprocessing_equals_the_bundles_monai_transforms_on_real_slices(real_slices, input_mode):
+    batch = preprocess_slices([read_slice_pixels(p) for p in real_slices], input_mode)
+    torch.testing.assert_close(batch, monai_preprocessing(real_slices, input_mode), rtol=0, atol=0)
+
+
+def test_batch_preprocessing_equals_the_monai_transforms_for_every_layout(odd_slices):
+    batch = preprocess_slices([read_slice_pixels(p) for p in odd_slices])
+    torch.testing.assert_close(batch, monai_preprocessing(odd_slices), rtol=0, atol=0)
+
+
+def test_the_shipped_torchscript_exports_hold_the_shipped_network_definitions():
+    for name in ("segmentation", "detection"):
+        network, _ = load_bundle_network(None, name=name)
+        assert isinstance(network, torch.jit.ScriptModule), f"{name}: models/model.ts was not used"
+
+
+def test_the_scripted_and_the_eager_networks_give_the_same_predictions_on_real_slices(real_slices):
+    scripted = TumorPredictor.from_bundles()
+    eager_seg, _ = load_bundle_network(None, name="segmentation", scripted=False)
+    eager_cls, _ = load_bundle_network(None, name="detection", scripted=False)
+    assert not isinstance(eager_seg, torch.jit.ScriptModule)
+    eager = TumorPredictor(eager_seg, eager_cls)
+    for a, b in zip(scripted.predict_paths(real_slices), eager.predict_paths(real_slices), strict=True):
+        assert a.tumor_probability == b.tumor_probability
+        np.testing.assert_array_equal(a.mask, b.mask)
+
+
+def test_the_weights_come_from_model_pt_even_when_the_export_holds_others(tmp_path):
+    root = copy_bundle(locate_bundle(None, "detection"), tmp_path / "detection")
+    eager, _ = load_bundle_network(root, name="detection", scripted=False)
+    torch.manual_seed(0)
+    retrained = {k: v + torch.randn_like(v) if v.is_floating_point() else v for k, v in eager.state_dict().items()}
+    torch.save(retrained, root / "models" / "model.pt")  # a new training run: model.ts still holds the old weights
+    network, _ = load_bundle_network(root, name="detection")
+    assert isinstance(network, torch.jit.ScriptModule)
+    for key, value in network.state_dict().items():
+        torch.testing.assert_close(value, retrained[key], rtol=0, atol=0)
+
+
+def test_an_export_of_another_network_definition_is_not_used(tmp_path):
+    root = copy_bundle(locate_bundle(None, "detection"), tmp_path / "detection")
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    config["network_def"]["dropout"] = 0.3  # the definition changed after the export
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    network, _ = load_bundle_network(root, name="detection")
+    assert not isinstance(network, torch.jit.ScriptModule) and network.head[1].p == 0.3
+
+
+def test_a_bundle_without_an_export_builds_its_network_with_monai(tmp_path):
+    root = copy_bundle(locate_bundle(None, "segmentation"), tmp_path / "segmentation")
+    (root / "models" / "model.ts").unlink()
+    network, settings = load_bundle_network(root, name="segmentation")
+    assert not isinstance(network, torch.jit.ScriptModule) and settings["input_mode"] == "all"
+
+
+class CountingNetwork(torch.nn.Module):
+    """Wraps a network and records the batch sizes it was called with."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network, self.calls = network, []
+
+    def forward(self, x):
+        self.calls.append(x.shape[0])
+        return self.network(x)
+
+
+def test_the_gate_skips_the_unet_on_unlikely_slices_and_leaves_the_others_as_they_were(real_slices):
+    ungated = list(TumorPredictor.from_bundles().predict_paths(real_slices, batch_size=8))
+    probabilities = sorted(p.tumor_probability for p in ungated)
+    gate = (probabilities[2] + probabilities[3]) / 2  # three slices below the gate
+    predictor = TumorPredictor.from_bundles(segment_gate=gate)
+    predictor.segmenter = CountingNetwork(predictor.segmenter)
+    gated = list(predictor.predict_paths(real_slices, batch_size=8))
+    assert predictor.segmenter.calls == [5]
+    for a, b in zip(ungated, gated, strict=True):
+        assert a.tumor_probability == b.tumor_probability
+        if a.tumor_probability < gate:
+            assert b.tumor_area_px == 0
+        else:
+            np.testing.assert_array_equal(a.mask, b.mask)
+
+
+def test_a_gate_below_the_detection_threshold_changes_nothing_when_masks_are_gated(real_slices):
+    masks_gated = TumorPredictor.from_bundles(gate_masks=True)
+    both = TumorPredictor.from_bundles(gate_masks=True, segment_gate=masks_gated.detection_threshold)
+    for a, b in zip(masks_gated.predict_paths(real_slices), both.predict_paths(real_slices), strict=True):
+        np.testing.assert_array_equal(a.mask, b.mask)
+
+
+def test_decoding_threads_keep_the_order_and_report_unreadable_files_in_place(real_slices, tmp_path):
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a tiff")
+    paths = [*real_slices[:3], broken, *real_slices[3:]]
+    results = {}
+    for workers in (0, 2):
+        events: list[tuple] = []
+        predictor = TumorPredictor.from_bundles(decode_workers=workers)
+        for p in predictor.predict_paths(paths, batch_size=3, on_error=lambda path, e, seen=events: seen.append(path)):
+            events.append((p.path, p.tumor_probability))
+        results[workers] = events
+    assert results[0] == results[2]
+    assert [e if isinstance(e, str) else e[0] for e in results[0]] == [str(p) for p in paths]
+
+
+def test_inference_over_a_tiff_folder_never_imports_monai(real_slices, tmp_path):
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for path in real_slices[:2]:
+        shutil.copy(path, folder)
+    code = (
+        "import sys\nfrom bt_monai.__main__ import main\n"
+        f"assert main(['infer', {str(folder)!r}, '--output', {str(tmp_path / 'out')!r}]) == 0\n"
+        "print(sorted(m for m in ('monai', 'ignite', 'torchvision', 'scipy', 'pydicom') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(2))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 2
