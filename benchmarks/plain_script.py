@@ -7,6 +7,7 @@ weights: it measures speed, not accuracy. Run: ``python benchmarks/plain_script.
 """
 
 import csv
+import glob
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torchvision
 from PIL import Image
 
 source, output = Path(sys.argv[1]), Path(sys.argv[2])
-paths = sorted(p for p in source.rglob("*.tif") if not p.name.endswith("_mask.tif"))
+paths = sorted(Path(p) for p in glob.glob(f"{source}/**/*.tif", recursive=True) if not p.endswith("_mask.tif"))
 (output / "masks").mkdir(parents=True, exist_ok=True)
 
 segmenter = smp.Unet("mobilenet_v2", encoder_weights=None, classes=1).eval()
@@ -51,3 +52,4 @@ with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
 with open(output / "predictions.csv", "w", newline="") as f:
     csv.writer(f).writerows([("path", "tumor_probability", "tumor", "tumor_area_px"), *rows])
 print(f"{len(rows)} slices")
+assert rows, f"no slices found in {source}"

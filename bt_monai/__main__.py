@@ -279,7 +279,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--decode-workers",
         type=_non_negative_int,
-        help="threads that read and resize slices while the networks run (default 2; 0: none)",
+        help="threads that read and resize slices while the networks run (default: 2, none on 2 cores)",
     )
 
 

@@ -79,7 +79,8 @@ class TumorPredictor:
             ``detection_threshold`` the outputs are those of no gate.
         amp, channels_last: bf16 autocast on capable CPUs (fp16 on CUDA) and channels-last execution.
         decode_workers: threads that read and resize slice files while the networks run (0: in the caller's
-            thread).
+            thread). None: 2, or 0 on machines with 2 CPU cores or fewer, where they only compete with the
+            networks' own threads (measured: no gain on 2 cores).
     """
 
     def __init__(
@@ -96,7 +97,7 @@ class TumorPredictor:
         amp: bool = True,
         channels_last: bool = True,
         device: torch.device | str | None = None,
-        decode_workers: int = 2,
+        decode_workers: int | None = None,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -108,6 +109,8 @@ class TumorPredictor:
             raise ValueError(f"segment_gate is a tumor probability in [0, 1], got {segment_gate}")
         self.segment_gate = float(segment_gate)
         self.input_mode, self.spatial_size, self.channels_last = input_mode, tuple(spatial_size), channels_last
+        if decode_workers is None:
+            decode_workers = 2 if (os.cpu_count() or 1) > 2 else 0
         self.amp, self.decode_workers = amp, max(0, int(decode_workers))
         self.autocast = autocast_dtype(self.device.type, amp)
         self._monai_preprocessing = None
@@ -298,34 +301,71 @@ class TumorPredictor:
         yield from self._stream(prepared, batch_size, on_error)
 
     def _stream(self, prepared, batch_size: int, on_error) -> Iterator[SlicePrediction]:
-        batch: list[tuple[str, torch.Tensor, tuple[int, int]]] = []
+        """The classifier on every batch of ``batch_size`` slices, the U-Net on full batches of the slices at or
+        above the gate (gathered across classifier batches: one batch shape, no half-empty batches), predictions
+        yielded in input order."""
+        queue_: deque[_Slice] = deque()  # every slice not yet yielded, in input order
+        batch: list[_Slice] = []  # read, not yet classified
+        waiting: list[_Slice] = []  # classified, at or above the gate, not yet segmented
         for key, result in prepared:
             if isinstance(result, Exception):
                 if on_error is None:
                     raise result
                 on_error(key, result)
-            else:
-                batch.append((key, *result))
+                continue
+            batch.append(_Slice(key, *result))
             if len(batch) == batch_size:
-                yield from self._predict_batch(batch)
+                waiting += self._classify(batch)
+                queue_.extend(batch)
                 batch = []
+                # a full U-Net batch, or a queue grown long behind a waiting slice (memory stays flat)
+                while len(waiting) >= batch_size or (waiting and len(queue_) > 4 * batch_size):
+                    self._segment(waiting[:batch_size])
+                    waiting = waiting[batch_size:]
+                yield from self._ready(queue_)
         if batch:
-            yield from self._predict_batch(batch)
+            waiting += self._classify(batch)
+            queue_.extend(batch)
+        while waiting:
+            self._segment(waiting[:batch_size])
+            waiting = waiting[batch_size:]
+        yield from self._ready(queue_)
 
-    def _predict_batch(self, batch: list[tuple[str, torch.Tensor, tuple[int, int]]]) -> Iterator[SlicePrediction]:
-        probabilities, maps = self.predict_tensors(self.inputs([image for _, image, _ in batch]))
-        segmented = self.segmented(probabilities)
-        sizes = [size for _, _, size in batch]
-        masks = [np.zeros(size, dtype=bool) for size in sizes]
-        chosen = [i for i in range(len(batch)) if segmented[i]]
-        if chosen:
-            computed = probabilities_to_masks(
-                maps[chosen], [sizes[i] for i in chosen], self.threshold, self.min_component_px
+    def _classify(self, batch: list[_Slice]) -> list[_Slice]:
+        """Tumor probabilities of a batch; returns the slices the U-Net has to segment (the others are done)."""
+        inputs = self.inputs([s.image for s in batch])
+        probabilities = self.tumor_probabilities(inputs)
+        chosen = self.segmented(probabilities).tolist()
+        for s, image, probability, segment in zip(batch, inputs, probabilities.tolist(), chosen, strict=True):
+            s.probability, s.image = probability, (image if segment else None)
+            if not segment:
+                s.mask = np.zeros(s.size, dtype=bool)
+        return [s for s, segment in zip(batch, chosen, strict=True) if segment]
+
+    @torch.no_grad()
+    def _segment(self, slices: list[_Slice]) -> None:
+        maps = torch.sigmoid(self._run(self.segmenter, torch.stack([s.image for s in slices]))).cpu()
+        masks = probabilities_to_masks(maps, [s.size for s in slices], self.threshold, self.min_component_px)
+        for s, mask in zip(slices, masks, strict=True):
+            s.mask, s.image = mask, None
+
+    def _ready(self, queue_: deque[_Slice]) -> Iterator[SlicePrediction]:
+        while queue_ and queue_[0].mask is not None:
+            s = queue_.popleft()
+            yield SlicePrediction(
+                s.key, s.probability, self._finish_mask(s.mask, s.probability), self.detection_threshold
             )
-            for i, mask in zip(chosen, computed, strict=True):
-                masks[i] = mask
-        for (key, _, _), probability, mask in zip(batch, probabilities.tolist(), masks, strict=True):
-            yield SlicePrediction(key, probability, self._finish_mask(mask, probability), self.detection_threshold)
+
+
+@dataclass
+class _Slice:
+    """One slice on its way through :meth:`TumorPredictor._stream`."""
+
+    key: str
+    image: torch.Tensor | None  # prepared, then the network input while it awaits the U-Net
+    size: tuple[int, int]
+    probability: float = 0.0
+    mask: np.ndarray | None = None  # (W, H), set when the slice is done
 
 
 class _SliceFiles:

@@ -71,7 +71,8 @@ def select_input_channels(img, channels: Sequence[int]):
     if n == 2:
         return img[:1]
     if n in (3, 4):
-        return img[list(channels)]
+        channels = list(channels)
+        return img if channels == list(range(n)) else img[channels]  # "all" of a 3-channel slice: no copy
     raise ValueError(f"expected 1 to 4 channels, got an image of shape {tuple(img.shape)}")
 
 
