@@ -70,6 +70,7 @@ def test_the_wheel_is_installed_outside_the_checkout_with_the_bundles(wheel_pyth
     for bundle in ("brain_tumor_segmentation", "brain_tumor_classification"):
         folder = package / "shipped_bundles" / bundle
         assert (folder / "models" / "model.pt").stat().st_size > 1_000_000
+        assert (folder / "models" / "model.ts").stat().st_size > 1_000_000  # the MONAI-free start-up
         for name in ("configs/inference.json", "configs/train.json", "configs/metadata.json", "docs/README.md"):
             assert (folder / name).is_file(), name
         assert (folder / "LICENSE").is_file()
@@ -133,5 +134,5 @@ def test_the_sdist_carries_both_bundles_with_their_weights(tmp_path):
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     for bundle in ("brain_tumor_segmentation", "brain_tumor_classification"):
-        for name in ("models/model.pt", "configs/inference.json", "docs/README.md", "LICENSE"):
+        for name in ("models/model.pt", "models/model.ts", "configs/inference.json", "docs/README.md", "LICENSE"):
             assert f"bundle/{bundle}/{name}" in names

@@ -1,5 +1,6 @@
-"""Folder inference streams: however many slices a folder holds, at most one batch of decoded slices is alive at
-once, so memory stays flat (benchmarks/infer_memory.py measures the process's RSS over 10,000 slices)."""
+"""Folder inference streams: however many slices a folder holds, at most one batch of decoded slices (plus the
+decoding threads' look-ahead) is alive at once, so memory stays flat (benchmarks/infer_memory.py measures the
+process's RSS over 10,000 slices)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ class AliveCounter:
 @pytest.fixture(scope="module")
 def predictor() -> TumorPredictor:
     torch.manual_seed(0)
-    return TumorPredictor(MobileNetV2UNet(), MobileNetV2Classifier(), spatial_size=(32, 32), amp=False)
+    return TumorPredictor(
+        MobileNetV2UNet(), MobileNetV2Classifier(), spatial_size=(32, 32), amp=False, decode_workers=0
+    )
 
 
 def slice_folder(folder: Path, count: int) -> Path:
@@ -48,14 +51,17 @@ def slice_folder(folder: Path, count: int) -> Path:
 
 
 @pytest.mark.parametrize("count", [9, 50])
+@pytest.mark.parametrize("workers", [0, 2])
 def test_folder_inference_holds_one_batch_of_decoded_slices_whatever_the_folder_size(
-    count, predictor, tmp_path, monkeypatch
+    count, workers, predictor, tmp_path, monkeypatch
 ):
     src = slice_folder(tmp_path / "in", count)
     decoded = AliveCounter()
-    preprocess = predictor.preprocess
-    monkeypatch.setattr(predictor, "preprocess", lambda path: decoded.track(preprocess(path)))
+    prepare = predictor.prepare
+    monkeypatch.setattr(predictor, "prepare", lambda pixels: decoded.track(prepare(pixels)))
+    monkeypatch.setattr(predictor, "decode_workers", workers)
     summary = infer_folder(predictor, src, tmp_path / "out", batch_size=4)
     assert summary.slices == decoded.tracked == count
-    assert decoded.most == 4  # one batch, for 9 slices as for 50
+    lookahead = 2 * 4 if workers else 0  # the decoding threads work at most two batches ahead
+    assert decoded.most <= 4 + lookahead + 1  # one batch (and the slice being added), for 9 slices as for 50
     assert decoded.alive == 0
