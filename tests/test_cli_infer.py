@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from conftest import SUBSET, subprocess_env
 from PIL import Image
 
 from bt_monai.__main__ import main
@@ -93,3 +96,33 @@ def test_shipped_weights_find_the_tumors_of_a_patient_with_no_training(lgg_subse
     assert set(predicted) == set(truth)
     accuracy = np.mean([predicted[name] == truth[name] for name in truth])
     assert accuracy >= 0.8, accuracy  # a patient the models learned from: a sanity floor, not a test metric
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--segment-gate", "1.5"), ("--threads", "0"), ("--decode-workers", "-1")]
+)
+def test_out_of_range_speed_settings_are_refused_with_the_option_named(option, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["infer", str(tmp_path), "-o", str(tmp_path / "out"), option, value])
+    assert exit_.value.code == 2
+    assert option in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_thread_and_gate_options_reach_torch_and_the_predictor(lgg_subset, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    masks = sorted((lgg_subset / SUBSET[0]).glob("*_mask.tif"))
+    slices = [m.with_name(m.name.replace("_mask", "")) for m in masks if tifffile.imread(m).any()][:6]  # tumors
+    for path in slices:
+        (src / path.name).symlink_to(path)
+    code = (
+        "import sys, torch\nfrom bt_monai.__main__ import main\n"
+        f"status = main(['infer', {str(src)!r}, '-o', {str(tmp_path / 'out')!r}, '--threads', '1',"
+        " '--decode-workers', '1', '--segment-gate', '1'])\n"
+        "print(status, torch.get_num_threads())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(2))
+    assert result.stdout.split()[-2:] == ["0", "1"], result.stderr
+    assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 6
+    assert {row["tumor_area_px"] for row in rows(tmp_path / "out")} == {"0"}  # gate 1: no U-Net, though all have tumor
