@@ -1,4 +1,4 @@
-"""Output formats, one home for them: DICOM SEG, NIfTI masks, PNG masks and overlays, evaluation reports.
+"""Output formats, one home for them: DICOM SEG and SR, NIfTI masks, PNG masks and overlays, evaluation reports.
 
 Writers may use :mod:`bt_monai.utils` and :mod:`bt_monai.data`, never the apps, inferers or handlers. Heavy
 libraries (highdicom, nibabel, PIL, scipy, matplotlib) are imported inside the functions: importing this package
@@ -9,5 +9,15 @@ from bt_monai.writers.masks import write_mask_png
 from bt_monai.writers.nifti import nifti_bytes
 from bt_monai.writers.overlays import outline, overlay_png, overlay_rgb
 from bt_monai.writers.seg import seg_bytes
+from bt_monai.writers.sr import TumorMeasurements, sr_bytes
 
-__all__ = ["nifti_bytes", "outline", "overlay_png", "overlay_rgb", "seg_bytes", "write_mask_png"]
+__all__ = [
+    "TumorMeasurements",
+    "nifti_bytes",
+    "outline",
+    "overlay_png",
+    "overlay_rgb",
+    "seg_bytes",
+    "sr_bytes",
+    "write_mask_png",
+]
