@@ -119,7 +119,17 @@ def _session(ca_bundle: str | os.PathLike | None, retries: int, backoff_s: float
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
 
-    session = requests.Session()
+    class Session(requests.Session):
+        """--ca-bundle wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, which requests lets override a session's
+        ``verify`` (psf/requests#3829)."""
+
+        def merge_environment_settings(self, url, proxies, stream, verify, cert):
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if ca_bundle is not None:
+                settings["verify"] = str(ca_bundle)
+            return settings
+
+    session = Session()
     token, user = os.environ.get(TOKEN_ENV), os.environ.get(USER_ENV)
     if token:
         session.headers["Authorization"] = f"Bearer {token}"
