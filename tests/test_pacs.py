@@ -362,6 +362,20 @@ def test_a_rerun_retrieves_nothing_again_and_stores_no_duplicate(round_trip, ort
     assert "0 object(s)" in capsys.readouterr().out
 
 
+def test_a_run_into_a_new_output_folder_makes_the_same_objects_and_stores_no_duplicate(
+    round_trip, orthanc, studies, basic_auth, tmp_path
+):
+    out = tmp_path / "again"  # no cache, no finished series: everything retrieved and predicted anew
+    assert _infer(orthanc.url, out, "--study", studies["study1"], "--store") == 0
+    objects = _summary(out)["store"]["objects"]
+    assert {o["status"] for o in objects} == {"already stored"}
+    first = {o["sop_instance_uid"] for o in _summary(round_trip["web"])["store"]["objects"]}
+    assert {o["sop_instance_uid"] for o in objects} <= first
+    for modality in ("SEG", "SR"):
+        (series,) = orthanc.series(studies["study1"], modality)
+        assert len(orthanc.instances(studies["study1"], series)) == 1
+
+
 def test_anonymize_keeps_the_patient_out_of_the_reports_not_out_of_the_objects(orthanc, studies, basic_auth, tmp_path):
     out = tmp_path / "anon"
     assert _infer(orthanc.url, out, "--study", studies["study1"], "--anonymize") == 0

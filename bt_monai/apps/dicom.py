@@ -65,6 +65,7 @@ from bt_monai.data.readers import slice_format
 from bt_monai.inferers import TumorPredictor
 from bt_monai.utils import (
     atomic_write_bytes,
+    derived_uid,
     inside,
     is_temporary,
     make_temporary_dir,
@@ -536,16 +537,12 @@ def _folder_for(run: _Run, series: DicomSeries) -> str:
 def object_uids(series_uid: str, fingerprint: dict, kind: str) -> tuple[str, str]:
     """(SeriesInstanceUID, SOPInstanceUID) of the ``kind`` ("SEG" or "SR") object made for a source series.
 
-    Derived (a 2.25 UUID-based UID, pydicom's ``generate_uid(prefix=None, entropy_srcs=...)``) from the source
-    series, its slices and the predictor's fingerprint: the same inputs, weights and settings give the same
-    UIDs, so a re-run that stores its results again creates no duplicate on the server.
+    Derived (:func:`bt_monai.utils.derived_uid`, a UUID-derived ``2.25.`` UID) from the source series, its
+    slices and the predictor's fingerprint: the same inputs, weights and settings give the same UIDs, so a
+    re-run that stores its results again creates no duplicate on the server.
     """
-    from pydicom.uid import generate_uid
-
     key = json.dumps(fingerprint, sort_keys=True)
-    return tuple(
-        generate_uid(prefix=None, entropy_srcs=[GENERATOR, series_uid, key, kind, p]) for p in ("series", "sop")
-    )
+    return derived_uid(GENERATOR, series_uid, key, kind, "series"), derived_uid(GENERATOR, series_uid, key, kind, "sop")
 
 
 def _reuse(run: _Run, series: DicomSeries, folder: str, fingerprint: dict) -> bool:

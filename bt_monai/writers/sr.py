@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bt_monai import __version__
-from bt_monai.utils import quiet_loggers
+from bt_monai.utils import derived_uid, quiet_loggers
 from bt_monai.writers.seg import ALGORITHM, source_headers
 
 if TYPE_CHECKING:
@@ -68,11 +68,8 @@ def _group(values: TumorMeasurements, sources: list, seg, uids: tuple[str, str],
     """The TID 1411 group (with a SEG) or TID 1501 group (without one) of the series' measurements."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
-    tracking = hd.sr.TrackingIdentifier(
-        uid=generate_uid(prefix=None, entropy_srcs=[uids[1], "tracking"]), identifier="Tumor"
-    )
+    tracking = hd.sr.TrackingIdentifier(uid=derived_uid(uids[1], "tracking"), identifier="Tumor")
     measurements = _measurements(values, algorithm_id)
     common = {
         "tracking_identifier": tracking,
@@ -110,14 +107,13 @@ def sr_bytes(
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
     uids = uids or (hd.UID(), hd.UID())
     sources = list(source_headers(frames).values())
     seg_ds = None if seg is None else pydicom.dcmread(io.BytesIO(seg), stop_before_pixels=True)
     algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm[0], version=algorithm[1])
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=generate_uid(prefix=None, entropy_srcs=["bt_monai", algorithm[0], algorithm[1]]),
+        uid=derived_uid("bt_monai device", algorithm[0], algorithm[1]),
         name=algorithm[0],
         manufacturer_name="bt_monai",
         model_name=f"bt_monai {__version__}",
