@@ -39,6 +39,7 @@ pytestmark = [
     pytest.mark.real_data,
     pytest.mark.filterwarnings("ignore:builtin type (Swig|swig):DeprecationWarning"),  # python-gdcm's bindings
     pytest.mark.filterwarnings("ignore:.*nvImageCodec"),
+    pytest.mark.filterwarnings("ignore:Divide by zero"),  # the uniform slice scales to zeros
 ]
 
 USER, PASSWORD, TOKEN = "radiology", "s3cret-pw", "token-for-the-proxy"
@@ -339,6 +340,20 @@ def test_the_stored_seg_and_sr_pass_dciodvfy_without_errors(round_trip, orthanc,
             assert errors == [], f"{modality}: {errors}"
 
 
+def test_a_report_without_a_tumor_passes_dciodvfy_too(pacs_tools, tmp_path):
+    from test_dicom import BrightDetector, BrightSegmenter
+
+    from bt_monai.apps.dicom import infer_dicom
+    from bt_monai.inferers import TumorPredictor
+
+    write_series(tmp_path / "in", [np.full((64, 64), 300, np.uint16)] * 2)  # uniform: nothing bright
+    predictor = TumorPredictor(BrightSegmenter(), BrightDetector(), input_mode="all", amp=False)
+    (folder,) = infer_dicom(predictor, tmp_path / "in", tmp_path / "out").processed
+    assert not (tmp_path / "out" / folder / "seg.dcm").exists()
+    errors, _ = _dciodvfy(pacs_tools, pydicom.dcmread(tmp_path / "out" / folder / "sr.dcm"), tmp_path)
+    assert errors == []
+
+
 def test_stored_objects_keep_the_source_patient_module(round_trip, orthanc, studies):
     for modality in ("SEG", "SR"):
         (series,) = orthanc.series(studies["study1"], modality)
@@ -398,6 +413,26 @@ def test_series_regex_chooses_by_description_or_protocol_name(orthanc, studies, 
     assert _infer(orthanc.url, out, "--study", studies["study1"], "--series", "^t1_se") == 0  # the ProtocolName
     assert _summary(out)["series_selection"]["chosen"] == [studies["t1"]["SeriesInstanceUID"]]
     assert _summary(out)["options"]["series"] == "^t1_se"
+
+
+def test_store_to_sends_the_results_of_a_folder_into_their_study(orthanc, basic_auth, tmp_path, lgg_root):
+    images = [flair(lgg_root, n).astype(np.uint16) * 16 for n in (11, 13)]
+    series = write_series(tmp_path / "src", images, PatientID="OTHER-1")  # not the patient of `studies`
+    out = tmp_path / "out"
+    assert _infer(str(tmp_path / "src"), out, "--store-to", orthanc.url) == 0
+    study = series["StudyInstanceUID"]
+    (seg_series,) = orthanc.series(study, "SEG")
+    (sr_series,) = orthanc.series(study, "SR")
+    (seg,) = orthanc.instances(study, seg_series)
+    (sr,) = orthanc.instances(study, sr_series)
+    entry = _entry(out, series["SeriesInstanceUID"])
+    assert seg.SOPInstanceUID == pydicom.dcmread(out / entry["outputs"]["seg"]).SOPInstanceUID
+    assert _sr_values(sr)["Volume"] == pytest.approx(entry["tumor_volume_mm3"], abs=5e-4)
+
+
+def test_store_needs_a_dicomweb_input(studies, tmp_path, capsys):
+    assert _infer(str(studies["src"]), tmp_path / "out", "--store") == 2
+    assert "--store-to URL" in capsys.readouterr().err
 
 
 # --- failures against Orthanc itself ------------------------------------------------------------------------
@@ -625,7 +660,8 @@ def test_a_series_whose_transfer_keeps_failing_is_skipped_and_named_and_the_othe
 
 def test_a_refused_stow_says_what_was_not_stored_and_exits_1(proxy, orthanc, studies, tmp_path, capsys, lgg_root):
     # a study of its own, so that nothing stored by other tests is counted
-    series = write_series(tmp_path / "src", [flair(lgg_root, 11).astype(np.uint16) * 16], SeriesDescription="FLAIR")
+    image = flair(lgg_root, 11).astype(np.uint16) * 16
+    series = write_series(tmp_path / "src", [image], SeriesDescription="FLAIR", PatientID="OTHER-2")
     for path in series["paths"]:
         orthanc.upload(path)
     proxy.refuse_stow = True

@@ -27,6 +27,17 @@ __all__ = ["TumorMeasurements", "sr_bytes"]
 _PRIVATE_SCHEME = "99BTMONAI"
 
 
+def _private_scheme():
+    """The Coding Scheme Identification item of :data:`_PRIVATE_SCHEME`."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodingSchemeDesignator = _PRIVATE_SCHEME
+    item.CodingSchemeName = "bt_monai private codes"
+    item.CodingSchemeResponsibleOrganization = "bt_monai"
+    return item
+
+
 @dataclass(frozen=True)
 class TumorMeasurements:
     """The numbers an SR reports for one series (the same as its ``summary.json`` entry).
@@ -142,6 +153,7 @@ def sr_bytes(
             manufacturer="bt_monai",
             is_complete=True,
         )
+        sr.CodingSchemeIdentificationSequence = [_private_scheme()]  # a "99" scheme is declared where it is used
         sr.SeriesDescription = f"Tumor measurements {series.attributes.get('SeriesDescription', '')}".strip()[:64]
         buffer = io.BytesIO()
         sr.save_as(buffer)
