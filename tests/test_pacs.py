@@ -530,13 +530,34 @@ def _certificates(folder: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
+def _drop_parts(body: bytes, content_type: str, modality: str) -> tuple[bytes, list[tuple[str, str]]]:
+    """``body`` (multipart/related, DICOM parts) without the parts of ``modality``; their (class, SOP) UIDs."""
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip('"').encode()
+    delimiter = b"\r\n--" + boundary
+    segments = body.split(delimiter)
+    kept, dropped = [segments[0]], []
+    for segment in segments[1:]:
+        if segment.startswith(b"--"):  # the closing delimiter
+            kept.append(segment)
+            continue
+        ds = pydicom.dcmread(io.BytesIO(segment.split(b"\r\n\r\n", 1)[1]), stop_before_pixels=True)
+        if ds.Modality == modality:
+            dropped.append((ds.SOPClassUID, ds.SOPInstanceUID))
+        else:
+            kept.append(segment)
+    return delimiter.join(kept), dropped
+
+
 class FaultyProxy:
     """An HTTPS reverse proxy in front of Orthanc: checks a bearer token, forwards with HTTP basic auth, and,
-    when told, cuts a series' WADO-RS answer midway (``cut[series_uid]`` more times, -1: always) or answers
-    500 to every STOW-RS request (``refuse_stow``)."""
+    when told, cuts a series' WADO-RS answer midway (``cut[series_uid]`` more times, -1: always), answers
+    500 to every STOW-RS request (``refuse_stow``), or keeps the objects of one modality out of a STOW-RS
+    request and answers 202 with them in a FailedSOPSequence, as a server that stored only part does
+    (``drop_from_stow``)."""
 
     def __init__(self, upstream: Orthanc, folder: Path) -> None:
         self.upstream, self.cut, self.refuse_stow, self.stow_requests = upstream, {}, False, 0
+        self.drop_from_stow: str | None = None
         self.ca, cert, key = _certificates(folder)
         proxy = self
 
@@ -560,8 +581,12 @@ class FaultyProxy:
                     proxy.stow_requests += 1
                     if proxy.refuse_stow:
                         return self._answer(500, b"storage refused", {})
+                dropped_sops = []
+                if self.command == "POST" and proxy.drop_from_stow:
+                    body, dropped_sops = _drop_parts(body, self.headers["Content-Type"], proxy.drop_from_stow)
                 connection = http.client.HTTPConnection("127.0.0.1", proxy.upstream.http_port, timeout=60)
-                dropped = ("authorization", "host", "accept-encoding")  # plain bodies: the proxy may cut them
+                # plain bodies (the proxy may cut them), and a length http.client sets from the (edited) body
+                dropped = ("authorization", "host", "accept-encoding", "content-length")
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
                 headers["Authorization"] = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
                 connection.request(self.command, self.path, body=body, headers=headers)
@@ -581,6 +606,15 @@ class FaultyProxy:
                     self.close_connection = True
                     return
                 extra = {"Content-Type": answer.getheader("Content-Type") or "application/octet-stream"}
+                if dropped_sops:
+                    result = json.loads(data)
+                    failed = [
+                        {"00081150": {"vr": "UI", "Value": [c]}, "00081155": {"vr": "UI", "Value": [u]}}
+                        | {"00081197": {"vr": "US", "Value": [0xA700]}}  # Out of Resources
+                        for c, u in dropped_sops
+                    ]
+                    result["00081198"] = {"vr": "SQ", "Value": failed}
+                    return self._answer(202, json.dumps(result).encode(), extra)
                 self._answer(answer.status, data, extra)
 
             def _answer(self, status: int, data: bytes, headers: dict):
@@ -675,6 +709,31 @@ def test_a_refused_stow_says_what_was_not_stored_and_exits_1(proxy, orthanc, stu
         and orthanc.series(series["StudyInstanceUID"], "SEG") == []
     )
     assert proxy.stow_requests == 4  # one request per study, retried 3 times (POST is safe: fixed UIDs)
+
+
+def test_a_partly_stored_study_says_which_object_was_not_stored_and_a_rerun_stores_only_that(
+    proxy, orthanc, tmp_path, capsys, lgg_root
+):
+    images = [flair(lgg_root, n).astype(np.uint16) * 16 for n in (11, 13)]
+    series = write_series(tmp_path / "src", images, SeriesDescription="FLAIR", PatientID="OTHER-3")
+    for path in series["paths"]:
+        orthanc.upload(path)
+    study = series["StudyInstanceUID"]
+    options = ["--study", study, "--store", "--ca-bundle", str(proxy.ca)]
+    proxy.drop_from_stow = "SR"  # the server stores the SEG, refuses the SR
+    out = tmp_path / "out"
+    assert _infer(proxy.url, out, *options) == 1
+    err = capsys.readouterr().err
+    assert "not stored: SR" in err and "failure reason 42752" in err and "not stored: SEG" not in err
+    status = {o["object"]: o["status"] for o in _summary(out)["store"]["objects"]}
+    assert status == {"SEG": "stored", "SR": "not stored"}
+    assert len(orthanc.series(study, "SEG")) == 1 and orthanc.series(study, "SR") == []
+    proxy.drop_from_stow = None
+    assert _infer(proxy.url, out, *options) == 0
+    status = {o["object"]: o["status"] for o in _summary(out)["store"]["objects"]}
+    assert status == {"SEG": "already stored", "SR": "stored"}
+    (seg_series,) = orthanc.series(study, "SEG")
+    assert len(orthanc.instances(study, seg_series)) == 1 and len(orthanc.series(study, "SR")) == 1
 
 
 # --- the server stopped mid-run ------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -854,7 +854,7 @@ def infer_dicomweb(
     url: str | DicomWebServer,
     output: str | os.PathLike,
     *,
-    studies: list[str] = (),
+    studies: Sequence[str] = (),
     patient: str | None = None,
     series: str | None = None,
     all_modalities: bool = False,

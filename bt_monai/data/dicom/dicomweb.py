@@ -341,8 +341,10 @@ class DicomWebServer:
                     pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
                     atomic_write_bytes(folder / "instances" / sop, buffer.getvalue())
                     got.add(sop)
-        except (requests.exceptions.RequestException, ValueError, AttributeError, OSError) as e:
+        except (requests.exceptions.RequestException, ValueError, AttributeError) as e:
             raise self._error(what, e) from None
+        except OSError:  # writing into the cache (disk full, permissions): the user's to fix, not a transfer
+            raise
         except Exception as e:  # a cut multipart body can fail while pydicom parses its last part
             raise DicomWebError(f"{self.url}: {what}: the answer was incomplete ({type(e).__name__})") from None
         missing = sorted(set(expected) - got)
