@@ -63,22 +63,22 @@ def _provenance(args: argparse.Namespace) -> dict:
     )
 
 
-def _infer_dicom(args: argparse.Namespace) -> int:
-    from bt_monai.apps.dicom import infer_dicom
+def _dicom_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments both DICOM faces take (folder and DICOMweb)."""
+    return {
+        "all_modalities": args.all_modalities,
+        "always_seg": args.always_seg,
+        "overwrite": args.overwrite,
+        "anonymize": args.anonymize,
+        "batch_size": args.batch_size,
+        "series": args.series,
+        "store_to": args.store_to,
+        "ca_bundle": args.ca_bundle,
+    }
 
-    predictor = _predictor(args)
-    provenance = _provenance(args)
-    run = infer_dicom(
-        predictor,
-        args.input,
-        args.output,
-        all_modalities=args.all_modalities,
-        always_seg=args.always_seg,
-        overwrite=args.overwrite,
-        anonymize=args.anonymize,
-        batch_size=args.batch_size,
-        provenance=provenance,
-    )
+
+def _report_dicom(args: argparse.Namespace, run) -> int:
+    """Print what a DICOM run did; the exit status: 1 when a study, a series or a store failed."""
     print(
         f"{run.series_done} DICOM series ({len(run.processed)} processed now, {len(run.reused)} done earlier), "
         f"{run.slices} slices, {run.tumor_slices} with tumor; results in {args.output}"
@@ -89,24 +89,82 @@ def _infer_dicom(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if run.skipped:
         print(f"{len(run.skipped)} file(s) skipped, reasons in {args.output}/skipped.csv", file=sys.stderr)
+    status = 0
+    if run.stored:
+        counts = {s: sum(1 for r in run.stored if r["status"] == s) for s in ("stored", "already stored")}
+        print(f"stored {counts['stored']} object(s) (SEG, SR), {counts['already stored']} already on the server")
+        for record in run.store_failed:
+            print(
+                f"error: not stored: {record['object']} of {record['series_folder']} (study "
+                f"{record['study_instance_uid']}): {record['reason']}",
+                file=sys.stderr,
+            )
+            status = 1
+    for study in run.studies_incomplete:
+        print(f"error: study {study['study_instance_uid']} {study['status']}: {study['reason']}", file=sys.stderr)
+        status = 1
     if run.series_done == 0:
         hint = "; --all-modalities processes other modalities" if run.skipped_series else ""
         print(
-            f"error: no MR image series could be processed in {args.input} (see {args.output}/summary.json and "
+            f"error: no MR image series could be processed from {args.input} (see {args.output}/summary.json and "
             f"skipped.csv{hint})",
             file=sys.stderr,
         )
         return 1
-    return 0
+    return status
+
+
+def _infer_dicom(args: argparse.Namespace) -> int:
+    from bt_monai.apps.dicom import infer_dicom
+    from bt_monai.data.dicom.dicomweb import DicomWebError
+
+    if args.store:
+        raise UserError(
+            "--store sends the results back to the DICOMweb server INPUT is; for a folder use --store-to URL"
+        )
+    predictor = _predictor(args)
+    try:
+        run = infer_dicom(predictor, args.input, args.output, provenance=_provenance(args), **_dicom_options(args))
+    except DicomWebError as e:
+        raise UserError(str(e)) from None
+    return _report_dicom(args, run)
+
+
+def _infer_dicomweb(args: argparse.Namespace) -> int:
+    from bt_monai.apps.dicom import infer_dicomweb
+    from bt_monai.data.dicom.dicomweb import DicomWebError
+
+    if args.input_type == "slices":
+        raise UserError(f"{args.input} is a DICOMweb URL: --input-type slices does not apply")
+    predictor = _predictor(args)
+    try:
+        run = infer_dicomweb(
+            predictor,
+            args.input,
+            args.output,
+            studies=args.study or [],
+            patient=args.patient,
+            store=args.store,
+            provenance=_provenance(args),
+            **_dicom_options(args),
+        )
+    except DicomWebError as e:
+        raise UserError(str(e)) from None
+    return _report_dicom(args, run)
 
 
 def _infer(args: argparse.Namespace) -> int:
     from bt_monai.apps.dicom_input import looks_like_dicom_input
     from bt_monai.apps.infer import infer_folder
+    from bt_monai.data.dicom.dicomweb import is_dicomweb_url
 
+    if is_dicomweb_url(args.input):
+        return _infer_dicomweb(args)
+    if args.study or args.patient:
+        raise UserError("--study / --patient choose studies on a DICOMweb server: give its URL as INPUT")
     if args.input_type == "dicom" or (args.input_type == "auto" and looks_like_dicom_input(args.input)):
         return _infer_dicom(args)
-    dicom_only = ("all_modalities", "always_seg", "anonymize")
+    dicom_only = ("all_modalities", "always_seg", "anonymize", "series", "store", "store_to")
     given = [f"--{option.replace('_', '-')}" for option in dicom_only if getattr(args, option)]
     if given:
         print(f"note: {', '.join(given)}: for DICOM input only; {args.input} is read as slice images", file=sys.stderr)
@@ -313,9 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/predictions.csv with DICOM UIDs, OUT/summary.json (per series, tumor volume in mm3), OUT/skipped.csv. "
         "Interrupted (crash, kill)? Run the same command again: it continues where it stopped. Slices: an "
         "interrupted run's finished slices (recorded in OUT/.bt_monai_infer_progress.csv, removed when the run "
-        "completes) are kept when the weights and settings are the same; DICOM: finished series are kept.",
+        "completes) are kept when the weights and settings are the same; DICOM: finished series are kept. A DICOMweb "
+        "URL with --study UID / --patient ID: the studies' series are retrieved (QIDO-RS, WADO-RS) and processed as "
+        "a DICOM folder; --store sends each SEG and SR back (STOW-RS). Credentials: the environment variables "
+        "BT_MONAI_DICOMWEB_USER and BT_MONAI_DICOMWEB_PASSWORD (basic) or BT_MONAI_DICOMWEB_TOKEN (bearer).",
     )
-    p.add_argument("input", help="a slice file, a folder, or a DICOM folder / DICOMDIR")
+    p.add_argument(
+        "input", help="a slice file, a folder, a DICOM folder / DICOMDIR, or a DICOMweb URL (http(s)://host/dicom-web)"
+    )
     p.add_argument("--output", "-o", required=True, help="output folder (created)")
     p.add_argument(
         "--input-type",
@@ -341,6 +404,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--anonymize",
         action="store_true",
         help="no PatientID / PatientName in predictions.csv, summary.json or the series folder names",
+    )
+    dicom.add_argument(
+        "--series",
+        metavar="REGEX",
+        help="process the series whose SeriesDescription or ProtocolName matches REGEX (case-insensitive; default: "
+        "per study the series naming FLAIR, else every MR series)",
+    )
+    web = p.add_argument_group("DICOMweb (INPUT a URL; credentials from BT_MONAI_DICOMWEB_* environment variables)")
+    web.add_argument("--study", action="append", metavar="UID", help="a StudyInstanceUID to process (repeatable)")
+    web.add_argument("--patient", metavar="ID", help="process every study of this PatientID")
+    web.add_argument(
+        "--store",
+        action="store_true",
+        help="store each series' SEG and SR into its study on the INPUT server (STOW-RS); no duplicates on re-runs",
+    )
+    web.add_argument(
+        "--store-to", metavar="URL", help="store the SEG and SR on this DICOMweb server instead (folder input too)"
+    )
+    web.add_argument(
+        "--ca-bundle", metavar="FILE", help="PEM file of the CA certificates that verify the servers' TLS certificates"
     )
     _add_model_options(p)
     p.set_defaults(func=_infer)

@@ -4,6 +4,7 @@ the bundle training command."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -39,6 +40,25 @@ def lgg_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for patient in SUBSET:
         (subset / patient).symlink_to(root / patient, target_is_directory=True)
     return subset
+
+
+@pytest.fixture(scope="session")
+def pacs_tools() -> dict[str, str]:
+    """Orthanc, its DICOMweb plugin and dciodvfy (Debian: orthanc, orthanc-dicomweb, dicom3tools); never skipped
+    in CI (BT_MONAI_REQUIRE_PACS=1)."""
+    plugins = [Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"), Path("/usr/lib/orthanc/libOrthancDicomWeb.so")]
+    tools = {
+        "orthanc": shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin"),
+        "plugin": next((str(p) for p in plugins if p.is_file()), None),
+        "dciodvfy": shutil.which("dciodvfy"),
+    }
+    missing = [name for name, path in tools.items() if not path]
+    if missing:
+        msg = f"{', '.join(missing)} not found (apt-get install orthanc orthanc-dicomweb dicom3tools; .ci/run does)"
+        if os.environ.get("BT_MONAI_REQUIRE_PACS"):
+            pytest.fail(msg + "; BT_MONAI_REQUIRE_PACS is set, so this is an error, not a skip")
+        pytest.skip(msg)
+    return tools
 
 
 def write_mr_dicom(path: Path, pixels: np.ndarray, **attributes) -> Path:

@@ -357,7 +357,9 @@ def test_a_rerun_skips_finished_series_unless_overwrite(small_series, predictor,
     assert pydicom.dcmread(out / folder / "seg.dcm").SOPInstanceUID == seg_uid
     assert len(read_predictions(out)) == 2  # the reports still cover the reused series
     redone = infer_dicom(predictor, tmp_path / "in", out, overwrite=True)
-    assert redone.processed == [folder] and pydicom.dcmread(out / folder / "seg.dcm").SOPInstanceUID != seg_uid
+    assert redone.processed == [folder]
+    # redone, into the same object: its UIDs come from the source series, its slices and the predictor
+    assert pydicom.dcmread(out / folder / "seg.dcm").SOPInstanceUID == seg_uid
 
 
 @pytest.mark.real_data
@@ -661,3 +663,89 @@ def test_bundle_dicom_variant_gives_the_cli_masks(small_series, tmp_path):
     assert cli.any() and not cli.all()
     assert bundle.shape == cli.shape and (np.asarray(bundle.dataobj) == cli).mean() > 0.999
     np.testing.assert_allclose(bundle.affine, nib.load(tmp_path / "cli" / run.processed[0] / "mask.nii.gz").affine)
+
+
+# --- which series, the measurement report, the objects' UIDs -------------------------------------------------
+
+
+@pytest.mark.real_data
+def test_the_flair_series_of_a_study_is_chosen_by_default_and_series_regex_chooses_otherwise(
+    tmp_path, lgg_root, predictor
+):
+    images = [flair(lgg_root, 11).astype(np.uint16)]
+    study = generate_uid()
+    t2_flair = write_series(
+        tmp_path / "in" / "a", images, SeriesDescription="AX T2", ProtocolName="t2_flair_tra", StudyInstanceUID=study
+    )
+    t1 = write_series(
+        tmp_path / "in" / "b", images, SeriesDescription="T1 SE", ProtocolName="t1_se", StudyInstanceUID=study
+    )
+    lone = write_series(tmp_path / "in" / "c", images, SeriesDescription="DWI")  # its study names no FLAIR
+    out = tmp_path / "out"
+    run = infer_dicom(predictor, tmp_path / "in", out)
+    selection = json.loads((out / "summary.json").read_text())["series_selection"]
+    assert sorted(selection["chosen"]) == sorted([t2_flair["SeriesInstanceUID"], lone["SeriesInstanceUID"]])
+    assert [s["series_instance_uid"] for s in selection["not_chosen"]] == [t1["SeriesInstanceUID"]]
+    assert len(run.processed) == 2 and "names FLAIR" in run.skipped_series[0]["reason"]
+    with open(out / "skipped.csv", newline="") as f:
+        assert any(row["path"].startswith("b/") for row in csv.DictReader(f))
+    run = infer_dicom(predictor, tmp_path / "in", tmp_path / "out2", series="^t1")
+    assert len(run.processed) == 1 and json.loads((tmp_path / "out2" / "summary.json").read_text())["series_selection"][
+        "chosen"
+    ] == [t1["SeriesInstanceUID"]]
+
+
+def test_a_malformed_series_regex_is_a_clear_error(tmp_path, weight_args, capsys):
+    write_series(tmp_path / "in", [np.zeros((16, 16), np.uint16)])
+    assert main(["infer", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--series", "(", *weight_args]) == 2
+    assert "--series '(' is not a valid regular expression" in capsys.readouterr().err
+
+
+@pytest.mark.real_data
+def test_the_sr_reports_the_summary_numbers_and_references_the_seg(small_series, predictor, tmp_path):
+    import highdicom as hd
+
+    out = tmp_path / "out"
+    (folder,) = infer_dicom(predictor, tmp_path / "in", out).processed
+    (entry,) = json.loads((out / "summary.json").read_text())["series"]
+    sr = hd.sr.srread(out / folder / "sr.dcm")
+    (group,) = sr.content.get_volumetric_roi_measurement_groups()
+    values = {m.name.meaning: m.value for m in group.get_measurements()}
+    assert entry["tumor_volume_mm3"] > 0 and values["Volume"] == pytest.approx(entry["tumor_volume_mm3"], abs=5e-4)
+    assert values["Number of slices with tumor"] == entry["segmented_slices"]
+    assert values["Area"] == pytest.approx(entry["largest_tumor_area_mm2"], abs=5e-4)
+    seg = pydicom.dcmread(out / folder / "seg.dcm")
+    assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+    assert sr.PatientID == seg.PatientID == "LGG-4942" and sr.StudyInstanceUID == small_series["StudyInstanceUID"]
+
+
+@pytest.mark.real_data
+def test_without_a_tumor_the_sr_reports_zero_and_references_the_source_images(tmp_path, predictor):
+    import highdicom as hd
+
+    series = write_series(tmp_path / "in", [np.full((64, 64), 300, np.uint16)] * 2)  # uniform: nothing bright
+    out = tmp_path / "out"
+    (folder,) = infer_dicom(predictor, tmp_path / "in", out).processed
+    assert not (out / folder / "seg.dcm").exists()
+    sr = hd.sr.srread(out / folder / "sr.dcm")
+    (group,) = sr.content.get_image_measurement_groups()
+    assert {m.name.meaning: m.value for m in group.get_measurements()} == {
+        "Volume": 0,
+        "Number of slices with tumor": 0,
+        "Area": 0,
+    }
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert {i.ReferencedSOPInstanceUID for i in evidence} == set(series["sop_uids"])
+
+
+@pytest.mark.real_data
+def test_seg_and_sr_uids_are_the_same_for_the_same_inputs_and_predictor_only(small_series, predictor, tmp_path):
+    def uids(out: Path, model: TumorPredictor) -> list[str]:
+        (folder,) = infer_dicom(model, tmp_path / "in", out).processed
+        return [pydicom.dcmread(out / folder / name).SOPInstanceUID for name in ("seg.dcm", "sr.dcm")]
+
+    first = uids(tmp_path / "a", predictor)
+    assert uids(tmp_path / "b", predictor) == first  # another OUT, the same objects
+    stricter = TumorPredictor(BrightSegmenter(), BrightDetector(), input_mode="all", amp=False, threshold=0.9)
+    other = uids(tmp_path / "c", stricter)
+    assert not set(other) & set(first) and all(uid.startswith("2.25.") for uid in first + other)

@@ -13,10 +13,11 @@ from pathlib import Path
 from bt_monai.data.pixels import slice_format
 from bt_monai.utils import is_temporary
 
-__all__ = ["GENERATOR", "SERIES_MARKER", "is_own_output_dir", "looks_like_dicom_input", "read_marker"]
+__all__ = ["CACHE_FOLDER", "GENERATOR", "SERIES_MARKER", "is_own_output_dir", "looks_like_dicom_input", "read_marker"]
 
 SERIES_MARKER = "series.json"
 GENERATOR = "bt_monai DICOM inference"
+CACHE_FOLDER = ".dicomweb"  # OUT/.dicomweb: the instances retrieved from a DICOMweb server
 
 
 def read_marker(folder: Path) -> dict | None:
@@ -29,8 +30,9 @@ def read_marker(folder: Path) -> dict | None:
 
 
 def is_own_output_dir(folder: Path) -> bool:
-    """A folder this tool wrote (a finished series folder, or a temporary one in progress): never an input."""
-    return is_temporary(folder) or read_marker(folder) is not None
+    """A folder this tool wrote (a finished series folder, a temporary one in progress, the DICOMweb cache):
+    never an input."""
+    return is_temporary(folder) or folder.name == CACHE_FOLDER or read_marker(folder) is not None
 
 
 def looks_like_dicom_input(source: str | os.PathLike) -> bool:

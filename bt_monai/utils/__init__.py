@@ -13,10 +13,12 @@ from bt_monai.utils.files import (
 )
 from bt_monai.utils.quiet import quiet_loggers
 from bt_monai.utils.state import unwrap_state_dict
+from bt_monai.utils.uids import derived_uid
 
 __all__ = [
     "atomic_write",
     "atomic_write_bytes",
+    "derived_uid",
     "inside",
     "is_temporary",
     "make_temporary_dir",

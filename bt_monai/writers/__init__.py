@@ -1,4 +1,4 @@
-"""Output formats, one home for them: DICOM SEG, NIfTI masks, PNG masks and overlays, evaluation reports.
+"""Output formats, one home for them: DICOM SEG and SR, NIfTI masks, PNG masks and overlays, evaluation reports.
 
 Writers may use :mod:`bt_monai.utils` and :mod:`bt_monai.data`, never the apps, inferers or handlers. Heavy
 libraries (highdicom, nibabel, PIL, scipy, matplotlib) are imported inside the functions: importing this package
@@ -8,11 +8,13 @@ is cheap.
 from bt_monai.utils.lazy import lazy_exports
 
 _EXPORTS = {
+    "TumorMeasurements": "bt_monai.writers.sr",
     "nifti_bytes": "bt_monai.writers.nifti",
     "outline": "bt_monai.writers.overlays",
     "overlay_png": "bt_monai.writers.overlays",
     "overlay_rgb": "bt_monai.writers.overlays",
     "seg_bytes": "bt_monai.writers.seg",
+    "sr_bytes": "bt_monai.writers.sr",
     "write_mask_png": "bt_monai.writers.masks",
 }
 

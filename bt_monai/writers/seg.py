@@ -13,7 +13,9 @@ from bt_monai.utils import quiet_loggers
 if TYPE_CHECKING:
     from bt_monai.data.dicom import DicomFrame, DicomSeries
 
-__all__ = ["seg_bytes"]
+__all__ = ["ALGORITHM", "seg_bytes", "source_headers"]
+
+ALGORITHM = ("bt_monai MobileNetV2 U-Net", __version__)  # (name, version) when the caller names no bundle
 
 # Type 2 attributes (present, possibly empty) of the modules a SEG copies from its source; some exports omit them.
 _TYPE2_FOR_SEG = (
@@ -29,8 +31,8 @@ _TYPE2_FOR_SEG = (
 )
 
 
-def _source_headers(frames: list[DicomFrame]) -> dict[Path, object]:
-    """The headers of the instances of ``frames`` (each once), with the Type 2 attributes a SEG copies."""
+def source_headers(frames: list[DicomFrame]) -> dict[Path, object]:
+    """The headers of the instances of ``frames`` (each once), with the Type 2 attributes a SEG or SR copies."""
     import pydicom
 
     paths = list(dict.fromkeys(f.path for f in frames))
@@ -66,8 +68,8 @@ def _pixel_array(headers: dict, frames: list[DicomFrame], masks: list[np.ndarray
     return np.stack([m > 0 for m in masks]), [headers[f.path] for f in frames]
 
 
-def _segment_description():
-    """Segment 1, "Tumor": a neoplasm, found automatically by this package's networks."""
+def _segment_description(algorithm: tuple[str, str]):
+    """Segment 1, "Tumor": a neoplasm, found automatically by the ``algorithm`` (name, version)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -78,12 +80,12 @@ def _segment_description():
         segmented_property_type=codes.SCT.Neoplasm,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="bt_monai MobileNetV2 U-Net", family=codes.cid7162.ArtificialIntelligence, version=__version__
+            name=algorithm[0], family=codes.cid7162.ArtificialIntelligence, version=algorithm[1]
         ),
     )
 
 
-def _segmentation(series: DicomSeries, sources: list, array: np.ndarray, description) -> bytes:
+def _segmentation(series: DicomSeries, sources: list, array: np.ndarray, description, uids: tuple[str, str]) -> bytes:
     """The highdicom SEG of ``array`` over ``sources``, numbered beside its source series, as file bytes."""
     import io
 
@@ -99,9 +101,9 @@ def _segmentation(series: DicomSeries, sources: list, array: np.ndarray, descrip
             pixel_array=array,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[description],
-            series_instance_uid=hd.UID(),
+            series_instance_uid=uids[0],
             series_number=min(1000 + source_number, 2**31 - 1),  # beside its source series in viewers
-            sop_instance_uid=hd.UID(),
+            sop_instance_uid=uids[1],
             instance_number=1,
             manufacturer="bt_monai",
             manufacturer_model_name="bt_monai brain tumor segmentation",
@@ -116,16 +118,26 @@ def _segmentation(series: DicomSeries, sources: list, array: np.ndarray, descrip
     return buffer.getvalue()
 
 
-def seg_bytes(series: DicomSeries, frames: list[DicomFrame], masks: list[np.ndarray]) -> bytes:
+def seg_bytes(
+    series: DicomSeries,
+    frames: list[DicomFrame],
+    masks: list[np.ndarray],
+    uids: tuple[str, str] | None = None,
+    algorithm: tuple[str, str] = ALGORITHM,
+) -> bytes:
     """A DICOM SEG (binary, segment 1 "Tumor") of ``masks`` (``(H, W)`` 0/1, one per frame) over their sources.
+
+    ``uids``: its (SeriesInstanceUID, SOPInstanceUID), new random ones by default; ``algorithm``: the
+    (name, version) the segment names as its algorithm.
 
     Single-frame sources: one referenced instance per predicted slice. A multi-frame source: one frame per
     source frame (frames not predicted are empty). Empty frames are omitted (highdicom keeps them all when
     every frame is empty). Raises ``ValueError`` with the reason when no SEG can be made for this series, and
     ``ImportError`` when highdicom is not installed.
     """
-    import highdicom  # noqa: F401  (first: without it, say so before reading any file)
+    import highdicom as hd  # first: without it, say so before reading any file
 
-    headers = _source_headers(frames)
+    headers = source_headers(frames)
     array, sources = _pixel_array(headers, frames, masks)
-    return _segmentation(series, sources, array, _segment_description())
+    uids = uids or (hd.UID(), hd.UID())
+    return _segmentation(series, sources, array, _segment_description(algorithm), uids)

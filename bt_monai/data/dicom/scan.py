@@ -36,6 +36,7 @@ SERIES_ATTRIBUTES = (
     "StudyDate",
     "SeriesNumber",
     "SeriesDescription",
+    "ProtocolName",
     "Modality",
     "FrameOfReferenceUID",
 )
