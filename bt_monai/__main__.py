@@ -44,6 +44,8 @@ def _predictor(args: argparse.Namespace):
         overrides["detection_threshold"] = args.detection_threshold
     if args.segment_gate is not None:
         overrides["segment_gate"] = args.segment_gate
+    if args.fold_batch_norm is not None:
+        overrides["fold_batch_norm"] = args.fold_batch_norm == "on"
     if args.decode_workers is not None:
         overrides["decode_workers"] = args.decode_workers
     if args.threads is not None:
@@ -328,6 +330,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         type=_gate,
         help="run the U-Net only on slices whose tumor probability is at least this; the others get an empty mask "
         "(0: segment every slice; default: the segmentation bundle's setting)",
+    )
+    p.add_argument(
+        "--fold-batch-norm",
+        choices=("on", "off"),
+        help="fold batch norms into convolutions, faster, rounding differs slightly (default: the bundle's setting)",
     )
     p.add_argument(
         "--threads",

@@ -231,6 +231,7 @@ INFERENCE_SETTINGS = (
     "gate_masks",
     "min_component_px",
     "segment_gate",
+    "fold_batch_norm",
 )
 
 

@@ -82,7 +82,7 @@ def test_the_shipped_torchscript_exports_hold_the_shipped_network_definitions():
 
 
 def test_the_scripted_and_the_eager_networks_give_the_same_predictions_on_real_slices(real_slices):
-    scripted = TumorPredictor.from_bundles()
+    scripted = TumorPredictor.from_bundles(fold_batch_norm=False)
     eager_seg, _ = load_bundle_network(None, name="segmentation", scripted=False)
     eager_cls, _ = load_bundle_network(None, name="detection", scripted=False)
     assert not isinstance(eager_seg, torch.jit.ScriptModule)
@@ -133,10 +133,11 @@ class CountingNetwork(torch.nn.Module):
 
 
 def test_the_gate_skips_the_unet_on_unlikely_slices_and_leaves_the_others_as_they_were(real_slices):
-    ungated = list(TumorPredictor.from_bundles().predict_paths(real_slices, batch_size=8))
+    # not folded: the counting wrapper below is not TorchScript, so it would run unfolded
+    ungated = list(TumorPredictor.from_bundles(fold_batch_norm=False).predict_paths(real_slices, batch_size=8))
     probabilities = sorted(p.tumor_probability for p in ungated)
     gate = (probabilities[2] + probabilities[3]) / 2  # three slices below the gate
-    predictor = TumorPredictor.from_bundles(segment_gate=gate)
+    predictor = TumorPredictor.from_bundles(segment_gate=gate, fold_batch_norm=False)
     predictor.segmenter = CountingNetwork(predictor.segmenter)
     gated = list(predictor.predict_paths(real_slices, batch_size=8))
     assert predictor.segmenter.calls == [5]
@@ -184,3 +185,15 @@ def test_inference_over_a_tiff_folder_never_imports_monai(real_slices, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 2
+
+
+def test_folding_batch_norms_changes_only_the_rounding_and_leaves_the_network_as_it_was(real_slices):
+    exact = TumorPredictor.from_bundles(fold_batch_norm=False)
+    folded = TumorPredictor.from_bundles(fold_batch_norm=True)
+    weights = {k: v.clone() for k, v in folded.segmenter.state_dict().items()}
+    for a, b in zip(exact.predict_paths(real_slices), folded.predict_paths(real_slices), strict=True):
+        assert abs(a.tumor_probability - b.tumor_probability) < 0.05  # bf16 rounding, not another function
+        assert (a.mask == b.mask).mean() > 0.999
+    assert folded.fingerprint() != exact.fingerprint()  # a resumed run never mixes the two
+    for key, value in folded.segmenter.state_dict().items():  # the frozen copy runs; the network is untouched
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0)
