@@ -75,6 +75,7 @@ from bt_monai.utils import (
     inside,
     make_temporary_dir,
     remove_stale_temporaries,
+    replace_folder,
     safe_name,
     write_csv,
 )
@@ -175,17 +176,6 @@ def _ours_for(folder: Path, series: DicomSeries) -> bool:
         and marker.get("series_instance_uid") == series.uid
         and all(p.name in SERIES_OUTPUTS for p in folder.iterdir())
     )
-
-
-def _publish(temporary: Path, target: Path) -> None:
-    """Move a finished series folder into place; an older one of ours is swapped out, then removed."""
-    old = None
-    if target.exists():
-        old = make_temporary_dir(target.parent, target.name)
-        os.replace(target, old / "series")
-    os.replace(temporary, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -532,7 +522,7 @@ def _finish(job: _SeriesJob, target: Path, fingerprint: dict, summary: dict, row
         "rows": rows,  # no patient name or ID here: the reports add them from the headers unless anonymized
     }
     atomic_write_bytes(job.temporary / SERIES_MARKER, json.dumps(marker, indent=1).encode())
-    _publish(job.temporary, target)
+    replace_folder(job.temporary, target)
 
 
 def _run_series(run: _Run, series: DicomSeries, progress: tqdm) -> None:

@@ -246,20 +246,6 @@ class TumorPredictor:
         with torch.jit.optimized_execution(False):
             return run_network(runnable, images.to(self.device), self.autocast, self.channels_last)
 
-    @torch.no_grad()
-    def predict_tensors(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tumor probabilities ``(B,)`` and per-pixel probabilities ``(B, 1, H, W)`` of a preprocessed batch.
-
-        With ``segment_gate``, slices below it are not segmented: their per-pixel probabilities are 0.
-        """
-        probabilities = self.tumor_probabilities(images)
-        segment = self.segmented(probabilities)
-        maps = torch.zeros((images.shape[0], 1, *images.shape[2:]))
-        if segment.any():
-            chosen = images if bool(segment.all()) else images[segment]
-            maps[segment] = torch.sigmoid(self._run(self.segmenter, chosen)).cpu()
-        return probabilities, maps
-
     def segmented(self, tumor_probabilities: torch.Tensor) -> torch.Tensor:
         """Which slices of a batch the U-Net runs on: bool ``(B,)``, those at or above ``segment_gate``."""
         return tumor_probabilities >= self.segment_gate

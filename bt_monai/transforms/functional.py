@@ -152,7 +152,8 @@ def scale_batch(prepared: Sequence[torch.Tensor], upper_percentile: float = UPPE
     """The per-batch half: percentile scaling of each channel, then grayscale to RGB: ``(B, 3, w, h)`` in [0, 1]."""
     counts = {int(img.shape[0]) for img in prepared}
     if len(counts) == 1:  # one scaling call for the whole batch
-        return grayscale_to_rgb_batch(scale_percentiles(torch.stack(list(prepared)), upper=upper_percentile))
+        scaled = scale_percentiles(torch.stack(list(prepared)), upper=upper_percentile)
+        return scaled.expand(-1, 3, -1, -1).contiguous() if scaled.shape[1] == 1 else scaled
     return torch.stack([grayscale_to_rgb(scale_percentiles(img[None], upper=upper_percentile)[0]) for img in prepared])
 
 
@@ -168,11 +169,6 @@ def preprocess_slices(
     scaling, grayscale to RGB) for a whole batch: the same values as the per-slice MONAI transforms.
     """
     return scale_batch([prepare_slice(img, input_mode, spatial_size) for img in images], upper_percentile)
-
-
-def grayscale_to_rgb_batch(images: torch.Tensor) -> torch.Tensor:
-    """:func:`grayscale_to_rgb` of a ``(B, 1 or 3, W, H)`` batch."""
-    return images.expand(-1, 3, -1, -1).contiguous() if images.shape[1] == 1 else images
 
 
 def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:

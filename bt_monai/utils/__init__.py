@@ -8,6 +8,7 @@ from bt_monai.utils.files import (
     make_temporary_dir,
     printable,
     remove_stale_temporaries,
+    replace_folder,
     safe_name,
     write_csv,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "printable",
     "quiet_loggers",
     "remove_stale_temporaries",
+    "replace_folder",
     "safe_name",
     "unwrap_state_dict",
     "write_csv",

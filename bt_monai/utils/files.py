@@ -28,6 +28,7 @@ __all__ = [
     "make_temporary_dir",
     "printable",
     "remove_stale_temporaries",
+    "replace_folder",
     "safe_name",
     "write_csv",
 ]
@@ -151,3 +152,18 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
     writer.writerow(header)
     writer.writerows([printable(cell) for cell in row] for row in rows)
     atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+
+
+def replace_folder(temporary: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the complete folder ``temporary`` onto ``target``; an older ``target`` is swapped out, then removed.
+
+    Both must be on one file system. ``target`` is never missing or half-written for longer than one rename.
+    """
+    temporary, target = Path(temporary), Path(target)
+    old = None
+    if target.exists():
+        old = make_temporary_dir(target.parent, target.name)
+        os.replace(target, old / "previous")
+    os.replace(temporary, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bt_monai.utils import atomic_write_bytes, make_temporary_dir, quiet_loggers
+from bt_monai.utils import atomic_write_bytes, make_temporary_dir, quiet_loggers, replace_folder
 
 __all__ = [
     "PASSWORD_ENV",
@@ -316,7 +316,7 @@ class DicomWebServer:
             temporary = make_temporary_dir(target.parent, series_uid)
             try:
                 self._retrieve_into(temporary, study_uid, series_uid, expected)
-                _replace(temporary, target)
+                replace_folder(temporary, target)
                 return target
             except DicomWebError as e:
                 reason = str(e)
@@ -401,17 +401,6 @@ def _retrieved(folder: Path) -> list[str] | None:
         return json.loads((folder / RETRIEVED_MARKER).read_text())["instances"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _replace(temporary: Path, target: Path) -> None:
-    """Move the complete ``temporary`` folder onto ``target`` (an older copy is swapped out, then removed)."""
-    old = None
-    if target.exists():
-        old = make_temporary_dir(target.parent, target.name)
-        os.replace(target, old / "series")
-    os.replace(temporary, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _stow_answer(response):
