@@ -171,6 +171,22 @@ def test_decoding_threads_keep_the_order_and_report_unreadable_files_in_place(re
     assert [e if isinstance(e, str) else e[0] for e in results[0]] == [str(p) for p in paths]
 
 
+def test_a_caller_that_stops_early_leaves_no_decoding_thread_behind(real_slices):
+    import threading
+    import time
+
+    predictor = TumorPredictor.from_bundles()
+    arrays = ((str(p), read_slice_pixels(p)) for p in real_slices[:2])
+    predictions = predictor.predict_arrays(arrays, batch_size=1)
+    next(predictions)
+    time.sleep(0.5)  # the producer has read every slice and waits to hand over the end of the iterable
+    predictions.close()
+    deadline = time.monotonic() + 5
+    while any(t.name == "bt_monai-arrays" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "bt_monai-arrays" for t in threading.enumerate())
+
+
 def test_inference_over_a_tiff_folder_never_imports_monai(real_slices, tmp_path):
     folder = tmp_path / "slices"
     folder.mkdir()

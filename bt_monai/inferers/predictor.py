@@ -438,20 +438,24 @@ def _background(items: Iterable, depth: int) -> Iterator:
     buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
+    def put(item) -> bool:
+        # never blocks for good: a consumer that stopped early takes nothing more
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        buffer.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            buffer.put(_DONE)
+            put(_DONE)
         except BaseException as e:  # handed over to the consumer
-            buffer.put(_Raised(e))
+            put(_Raised(e))
 
     thread = threading.Thread(target=produce, name="bt_monai-arrays", daemon=True)
     thread.start()
