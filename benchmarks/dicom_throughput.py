@@ -127,7 +127,7 @@ def main() -> int:
             return predictor.inputs([predictor.prepare(to_channel_first(p)) for p in decode()])
 
         tensors = preprocess()
-        networks = [predictor.segmenter, predictor.classifier]
+        networks = [predictor.segmenter, predictor.detector]
 
         @torch.no_grad()
         def bare():

@@ -15,12 +15,12 @@ weights.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
 import shutil
 import warnings
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -30,7 +30,8 @@ __all__ = [
     "BundleNotFoundError",
     "WeightsError",
     "bundle_name",
-    "bundle_provenance",
+    "bundle_metadata",
+    "bundle_weights",
     "copy_bundle",
     "is_shipped",
     "list_bundles",
@@ -97,24 +98,35 @@ def _check_bundle(folder: Path) -> Path:
     return folder
 
 
-def locate_bundle(bundle: str | os.PathLike | None = None, name: str = "segmentation") -> Path:
+def locate_bundle(
+    bundle: str | os.PathLike | None = None, name: str = "segmentation", search: Sequence[str | os.PathLike] = ()
+) -> Path:
     """The folder of a bundle.
 
     ``bundle``: an existing folder (used as it is), a bundle name (``segmentation``, ``detection``,
     ``classification`` or a folder name), or None for the ``name`` bundle. A name is looked up in
     ``$BT_MONAI_BUNDLE_ROOT`` (read now, not at import), then in the installed package.
+
+    ``search``: folders holding bundles, looked in first, in their order: ``<folder>/<bundle>`` (any folder
+    name) or ``<folder>/<the name's folder>`` wins when it holds ``configs/inference.json`` (the MONAI Label
+    app's ``model/`` folder and ``bundles_dir``). Without it nothing changes.
     """
+    roots = [(str(Path(root).expanduser()), Path(root).expanduser()) for root in search]
     if bundle is not None:
+        for _, root in roots:
+            if (root / str(bundle) / "configs" / "inference.json").is_file():
+                return root / str(bundle)
         path = Path(bundle).expanduser()
         if path.exists() or os.sep in str(bundle) or str(bundle).startswith("."):
             return _check_bundle(path)
         try:
             name = bundle_name(str(bundle))
         except ValueError as e:
-            raise BundleNotFoundError(f"{bundle}: no such bundle folder, and {e}") from None
+            where = f"not in {' nor '.join(label for label, _ in roots)}, " if roots else ""
+            raise BundleNotFoundError(f"{bundle}: no such bundle folder, {where}and {e}") from None
     folder = BUNDLE_FOLDERS[bundle_name(name)]
     looked = []
-    for label, root in _search_roots():
+    for label, root in roots + _search_roots():
         if (root / folder / "configs" / "inference.json").is_file():
             return root / folder
         looked.append(f"{label} ({root})")
@@ -133,9 +145,10 @@ def list_bundles() -> list[dict]:
         except BundleNotFoundError:
             rows.append({"name": name, "path": None, "version": None, "weights": False})
             continue
-        meta = json.loads((folder / "configs" / "metadata.json").read_text())
         weights = (folder / "models" / "model.pt").is_file()
-        rows.append({"name": name, "path": str(folder), "version": meta.get("version"), "weights": weights})
+        rows.append(
+            {"name": name, "path": str(folder), "version": bundle_metadata(folder).get("version"), "weights": weights}
+        )
     return rows
 
 
@@ -222,19 +235,6 @@ def load_weights(network, path: str | os.PathLike):
     return network
 
 
-INFERENCE_SETTINGS = (
-    "input_mode",
-    "spatial_size",
-    "threshold",
-    "channels_last",
-    "amp",
-    "gate_masks",
-    "min_component_px",
-    "segment_gate",
-    "fold_batch_norm",
-)
-
-
 def _literal(value) -> bool:
     """A config value MONAI's ConfigParser would return as it is (no ``$`` expression, ``@`` or ``%`` reference)."""
     if isinstance(value, str):
@@ -270,17 +270,36 @@ def _scripted_network(folder: Path, network_def: dict):
     return network if exported == network_def else None
 
 
+def bundle_metadata(folder: str | os.PathLike) -> dict:
+    """A bundle folder's ``configs/metadata.json``."""
+    return json.loads((Path(folder) / "configs" / "metadata.json").read_text())
+
+
+def bundle_weights(folder: str | os.PathLike, weights: str | os.PathLike | None = None) -> Path:
+    """The weights file a bundle's network loads: ``weights`` when given, else the folder's ``models/model.pt``."""
+    folder = Path(folder)
+    if weights is None and not (folder / "models" / "model.pt").is_file():
+        raise WeightsError(
+            f"no trained weights in {folder / 'models' / 'model.pt'}: train the bundle (see {folder / 'docs'}"
+            "/README.md) or give a weights file"
+        )
+    return Path(weights or folder / "models" / "model.pt")
+
+
 def load_bundle_network(
     bundle: str | os.PathLike | None,
     weights: str | os.PathLike | None = None,
     device="cpu",
     name: str = "segmentation",
     scripted: bool = True,
+    keys: Sequence[str] = (),
 ):
-    """The bundle's ``network_def`` with weights loaded, in eval mode, and its inference settings.
+    """The bundle's ``network_def`` with weights loaded, in eval mode, and the values of ``keys`` in its config.
 
-    ``bundle``: as :func:`locate_bundle` takes it (None: the ``name`` bundle). Settings: the keys of
-    :data:`INFERENCE_SETTINGS` its ``configs/inference.json`` defines, plus ``weights`` (the file loaded).
+    ``bundle``: as :func:`locate_bundle` takes it (None: the ``name`` bundle). Returns ``(network, values)``:
+    ``values`` holds those of ``keys`` its ``configs/inference.json`` defines (resolved), plus ``weights`` (the
+    file loaded) and ``bundle`` (the folder). :class:`bt_monai.inferers.PredictorSettings` says which keys the
+    predictor reads.
 
     With ``scripted`` the network is the bundle's TorchScript export (``models/model.ts``) when that was
     exported from the same ``network_def``: it needs neither MONAI nor the network's Python code, which makes
@@ -290,13 +309,8 @@ def load_bundle_network(
     folder = locate_bundle(bundle, name)
     config_file = folder / "configs" / "inference.json"
     config = json.loads(config_file.read_text())
-    if weights is None and not (folder / "models" / "model.pt").is_file():
-        raise WeightsError(
-            f"no trained weights in {folder / 'models' / 'model.pt'}: train the bundle (see {folder / 'docs'}"
-            "/README.md) or give a weights file"
-        )
-    weights = Path(weights or folder / "models" / "model.pt")
-    wanted = [key for key in INFERENCE_SETTINGS if key in config]
+    weights = bundle_weights(folder, weights)
+    wanted = [key for key in keys if key in config]
     network = _scripted_network(folder, config.get("network_def")) if scripted else None
     if network is not None and all(_literal(config[key]) for key in wanted):
         settings = {key: config[key] for key in wanted}
@@ -313,27 +327,6 @@ def load_bundle_network(
     settings["weights"] = str(weights)
     settings["bundle"] = str(folder)
     return network.to(device).eval(), settings
-
-
-def bundle_provenance(
-    segmentation_bundle: str | os.PathLike | None = None,
-    detection_bundle: str | os.PathLike | None = None,
-    segmentation_weights: str | os.PathLike | None = None,
-    detection_weights: str | os.PathLike | None = None,
-) -> dict:
-    """What a prediction was made with: each bundle's folder and version, its weights file and their SHA-256."""
-
-    def info(bundle, name, weights) -> dict:
-        folder = locate_bundle(bundle, name)
-        weights = Path(weights or folder / "models" / "model.pt")
-        meta = json.loads((folder / "configs" / "metadata.json").read_text())
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
-        return {"bundle": str(folder), "version": meta.get("version"), "weights": str(weights), "sha256": digest}
-
-    return {
-        "segmentation_model": info(segmentation_bundle, "segmentation", segmentation_weights),
-        "detection_model": info(detection_bundle, "detection", detection_weights),
-    }
 
 
 def report_training_outputs(ckpt_dir: str | os.PathLike, output_dir: str | os.PathLike) -> str:

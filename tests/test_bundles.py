@@ -17,7 +17,7 @@ import pytest
 import tifffile
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow, ckpt_export, onnx_export, verify_net_in_out
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, onnx_export, verify_net_in_out
 
 from bt_monai.data import DatasetError, make_datalist, make_synthetic_kaggle3m
 
@@ -145,20 +145,48 @@ def test_resume_continues_at_the_next_epoch_with_optimizer_and_scheduler_state(t
     assert latest["trainer"]["iteration"] == 3 * steps_per_epoch
 
 
-def test_distributed_training_on_two_cpu_processes(tmp_path, synthetic):
-    root = copy_bundle(BUNDLES[0], tmp_path)
-    configs = "['{}','{}']".format(*files(root, "train", "multi_gpu_train"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "monai.bundle", "run", "training", "--config_file", configs, "--bundle_root", str(root)]
-    cmd += ["--meta_file", str(root / "configs" / "metadata.json"), "--dataset_dir", str(synthetic)]
-    cmd += ["--max_epochs", "1", "--spatial_size", "[64,64]", "--batch_size", "2", "--num_workers", "0"]
-    cmd += ["--val_fraction", "0.2", "--test_fraction", "0.2"]
+def torchrun(root: Path, names: tuple[str, ...], *args: str, run_id: str = "run", processes: int = 2):
+    """``monai.bundle run`` of ``names`` (configs layered in order) on CPU processes, one thread each.
+
+    ``processes`` 1 runs plain ``python -m monai.bundle``; more run under ``torchrun`` (gloo).
+    """
+    configs = "[" + ",".join(f"'{f}'" for f in files(root, *names)) + "]"
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
+    cmd = [sys.executable, *launcher, "-m", "monai.bundle", "run", run_id, "--config_file", configs]
+    cmd += ["--bundle_root", str(root), "--meta_file", str(root / "configs" / "metadata.json"), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def train_network(root: Path) -> torch.nn.Module:
+    """The training config's ``network_def``, newly built (its random weights from torch's current seed)."""
+    parser = ConfigParser()
+    parser.read_config(files(root, "train"))
+    return parser.get_parsed_content("network_def")
+
+
+def random_weights(root: Path, path: Path, seed: int) -> dict[str, torch.Tensor]:
+    """A state dict of the bundle's network with random weights drawn from ``seed``, saved to ``path``."""
+    torch.manual_seed(seed)
+    state = train_network(root).state_dict()
+    torch.save(state, path)
+    return state
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_distributed_training_starts_from_init_weights_and_reports_its_outputs(name, tmp_path, synthetic):
+    root = copy_bundle(name, tmp_path)
+    init = random_weights(root, tmp_path / "init.pt", seed=7)  # not the run's own initialization (seed 123)
+    parameters = [k for k, _ in train_network(root).named_parameters()]
+    # lr 0: no optimizer step moves a parameter, so the saved model holds the weights training started from
+    args = ["--init_weights", str(tmp_path / "init.pt"), "--learning_rate", "0.0", "--dataset_dir", str(synthetic)]
+    args += ["--max_epochs", "1", "--spatial_size", "[64,64]", "--batch_size", "2", "--num_workers", "0"]
+    done = torchrun(root, ("train", "multi_gpu_train"), *args, "--val_fraction", "0.2", "--test_fraction", "0.2")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (root / "models" / "model.pt").is_file()
     state = torch.load(root / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
+    assert all(torch.equal(state[k], init[k]) for k in parameters)
+    assert done.stdout.count("training finished: best model ") == 1  # rank 0 alone prints the outputs
 
 
 def test_distributed_training_with_fewer_validation_slices_than_processes_says_which_split(tmp_path, synthetic):
@@ -166,17 +194,95 @@ def test_distributed_training_with_fewer_validation_slices_than_processes_says_w
     datalist = make_datalist(synthetic, 0.2, 0.2)
     datalist["validation"] = datalist["validation"][:1]
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
-    configs = "['{}','{}']".format(*files(root, "train", "multi_gpu_train"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "monai.bundle", "run", "training", "--config_file", configs, "--bundle_root", str(root)]
-    cmd += ["--meta_file", str(root / "configs" / "metadata.json"), "--dataset_dir", str(tmp_path / "datalist.json")]
-    cmd += ["--max_epochs", "1", "--spatial_size", "[64,64]", "--batch_size", "2", "--num_workers", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    args = ["--dataset_dir", str(tmp_path / "datalist.json"), "--max_epochs", "1", "--spatial_size", "[64,64]"]
+    done = torchrun(root, ("train", "multi_gpu_train"), *args, "--batch_size", "2", "--num_workers", "0")
     assert done.returncode != 0
-    assert "the validation split holds 1 slice(s), fewer than the 2 training processes" in done.stderr
+    assert "the validation split holds 1 slice(s), fewer than the 2 processes" in done.stderr
     assert "dataset length is less than the number of participating ranks" not in done.stderr
     assert not (root / "models" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_evaluation_on_two_cpu_processes_equals_one_process(name, tmp_path, synthetic):
+    root = copy_bundle(name, tmp_path)
+    random_weights(root, root / "models" / "model.pt", seed=3)
+    # fp32, one slice a batch and one thread a process: both runs compute every slice exactly alike
+    args = ["--dataset_dir", str(synthetic), "--val_fraction", "0.2", "--test_fraction", "0.4", "--amp", "False"]
+    args += ["--spatial_size", "[64,64]", "--batch_size", "1", "--num_workers", "0"]
+    one = torchrun(root, ("train", "evaluate"), *args, "--output_dir", str(tmp_path / "one"), processes=1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun(root, ("train", "evaluate", "multi_gpu_evaluate"), *args, "--output_dir", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def metrics(folder: str) -> dict[str, float]:
+        return {k: float(v) for k, v in csv.reader((tmp_path / folder / "metrics.csv").open())}
+
+    key = "val_patient_dice" if "segmentation" in name else "val_accuracy"
+    assert 0.0 < metrics("one")[key] < 1.0  # a metric that could tell the runs apart
+    assert metrics("two") == pytest.approx(metrics("one"), rel=1e-12, nan_ok=True)
+    task = "segmentation" if "segmentation" in name else "detection"
+    reports = [json.loads((tmp_path / f / "metrics.json").read_text()) for f in ("one", "two")]
+    assert reports[1][task] == reports[0][task]
+    assert reports[1]["confidence_intervals"] == reports[0]["confidence_intervals"]
+    for table in ("per_slice.csv", "per_patient.csv"):  # rank 0 wrote every slice, once, in the same order
+        assert (tmp_path / "two" / table).read_bytes() == (tmp_path / "one" / table).read_bytes()
+    details = "val_dice_tumor_slices_raw.csv" if task == "segmentation" else "val_accuracy_raw.csv"
+    rows = [(tmp_path / f / details).read_text().splitlines() for f in ("one", "two")]
+    assert rows[1][0] == rows[0][0] and sorted(rows[1][1:]) == sorted(rows[0][1:])
+
+
+# The lists each one-process config runs, and where its torchrun config must take them from.
+SHARED_STEPS = {
+    ("train", "multi_gpu_train"): {"initialize": "training_setup", "run": "training"},
+    ("train", "evaluate", "multi_gpu_evaluate"): {"initialize": "evaluation_setup", "run": "evaluating"},
+}
+
+
+def steps(parser: ConfigParser, id: str) -> list:
+    """The steps ``id`` runs, in order: an element ``"@other"`` naming a list stands for that list's steps."""
+    found = []
+    for step in parser[id]:
+        named = step[1:] if isinstance(step, str) and step.startswith("@") else None
+        found += steps(parser, named) if named and isinstance(parser.get(named), list) else [step]
+    return found
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+@pytest.mark.parametrize("layers", list(SHARED_STEPS))
+def test_a_step_added_to_the_one_process_config_reaches_the_torchrun_run(name, layers, tmp_path):
+    root = copy_bundle(name, tmp_path)
+    base = root / "configs" / f"{layers[-2]}.json"
+    config = json.loads(base.read_text())
+    torchrun_file = json.loads((root / "configs" / f"{layers[-1]}.json").read_text())
+    added = {}
+    for phase, shared in SHARED_STEPS[layers].items():
+        assert shared not in torchrun_file, f"{layers[-1]}.json redefines {shared}: reference it instead"
+        added[phase] = f"$print('a step added to {shared}')"
+        config[shared].append(added[phase])
+    base.write_text(json.dumps(config))
+
+    def parsed(names) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config(files(root, *names))
+        parser.resolve_macro_and_relative_ids()
+        return parser
+
+    one, many = parsed(layers[:-1]), parsed(layers)
+    for phase, step in added.items():
+        alone = steps(one, phase)
+        assert step in alone
+        together = steps(many, phase)
+        assert any(together[i : i + len(alone)] == alone for i in range(len(together))), (phase, together)
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_inference_config_holds_the_settings_the_model_was_trained_with(name):
+    configs = REPO / "bundle" / name / "configs"
+    train = json.loads((configs / "train.json").read_text())
+    inference = json.loads((configs / "inference.json").read_text())  # read alone, by load_bundle_network too
+    for key in ("input_mode", "spatial_size", "amp", "channels_last", "threshold"):
+        assert key in inference, f"{name} inference.json lacks {key}"
+        assert inference[key] == train[key] and not str(inference[key]).startswith(("$", "@", "%")), key
 
 
 @pytest.mark.parametrize("name", BUNDLES)

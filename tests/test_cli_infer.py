@@ -126,3 +126,43 @@ def test_the_thread_and_gate_options_reach_torch_and_the_predictor(lgg_subset, t
     assert result.stdout.split()[-2:] == ["0", "1"], result.stderr
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 6
     assert {row["tumor_area_px"] for row in rows(tmp_path / "out")} == {"0"}  # gate 1: no U-Net, though all have tumor
+
+
+def test_the_readme_exit_status_table_is_the_code_table():
+    from bt_monai.apps.cli.exits import EXIT_STATUSES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Exit statuses", 1)[1].split("\n#", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert table == [f"| {int(status)} | {meaning} |" for status, meaning in EXIT_STATUSES.items()]
+
+
+def test_every_predictor_setting_with_a_flag_is_an_option_of_infer_and_evaluate():
+    from bt_monai.__main__ import build_parser
+    from bt_monai.apps.cli.options import settings_changes
+    from bt_monai.inferers import PredictorSettings
+
+    flagged = {name: spec for name, spec in PredictorSettings.specs() if spec.flag}
+    examples = {"on": True, "0.3": 0.3, "7": 7, "flair": "flair", "cpu": "cpu"}
+    for command in ("infer", "evaluate"):
+        argv = [command, "IN", "-o", "OUT"]
+        expected = {}
+        for name, spec in flagged.items():
+            text = "on" if spec.choice else {"input_mode": "flair", "device": "cpu"}.get(name, "0.3")
+            text = "7" if name in ("min_component_px", "decode_workers") else text
+            argv += [spec.flag, text]
+            expected[name] = examples[text]
+        assert settings_changes(build_parser().parse_args(argv)) == expected
+    # evaluate keeps --input as the older name of --input-mode; --no-amp is --amp off
+    args = build_parser().parse_args(["evaluate", "D", "-o", "O", "--input", "flair", "--no-amp"])
+    assert settings_changes(args) == {"input_mode": "flair", "amp": False}
+
+
+def test_an_interrupted_command_exits_130_saying_how_to_continue(capsys):
+    from bt_monai.apps.cli.exits import run_command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    assert run_command(interrupted, None) == 130
+    assert "run the same command again" in capsys.readouterr().err

@@ -35,8 +35,9 @@ from pydicom.uid import (
 )
 
 from bt_monai.__main__ import main
-from bt_monai.apps import dicom as dicom_app
-from bt_monai.apps.dicom import infer_dicom, looks_like_dicom_input, read_predictions
+from bt_monai.apps.dicom import infer_dicom, looks_like_dicom_input, object_uids, read_predictions
+from bt_monai.apps.dicom import series as series_step
+from bt_monai.apps.dicom.resume import reuse_key_for, slices_digest
 from bt_monai.apps.infer import infer_folder
 from bt_monai.data.dicom import decode_frame, dicom_voxel_volume_mm3, scan_dicom_folder, to_channel_first
 from bt_monai.inferers import AutocastInferer, TumorPredictor
@@ -392,7 +393,7 @@ def test_an_interrupted_run_leaves_no_half_written_output(small_series, predicto
         raise KeyboardInterrupt
 
     out = tmp_path / "out"
-    monkeypatch.setattr(dicom_app, "seg_bytes", interrupted)
+    monkeypatch.setattr(series_step, "seg_bytes", interrupted)
     with pytest.raises(KeyboardInterrupt):
         infer_dicom(predictor, tmp_path / "in", out)
     assert list(out.iterdir()) == []  # no series folder, no temporary folder, no report
@@ -749,3 +750,39 @@ def test_seg_and_sr_uids_are_the_same_for_the_same_inputs_and_predictor_only(sma
     stricter = TumorPredictor(BrightSegmenter(), BrightDetector(), input_mode="all", amp=False, threshold=0.9)
     other = uids(tmp_path / "c", stricter)
     assert not set(other) & set(first) and all(uid.startswith("2.25.") for uid in first + other)
+
+
+def test_seg_and_sr_uids_keep_the_values_of_earlier_versions():
+    """The UIDs are derived from the source series and the reuse key alone: the same inputs and predictor give the
+    objects an earlier version stored (a PACS holding them gets no duplicate): these values are bt_monai 0.3.0's."""
+    key = {"slices": "a" * 64, "models": "b" * 64, "outputs": 2}
+    assert object_uids("1.2.840.99.1", key, "SEG") == (
+        "2.25.77580721508874107978486175566923944560",
+        "2.25.207634393346474810392600389158296992783",
+    )
+    assert object_uids("1.2.840.99.1", key, "SR") == (
+        "2.25.66660313073144594074013738895671893536",
+        "2.25.135639996661818146576027409030735534292",
+    )
+
+
+@pytest.mark.real_data
+def test_the_marker_records_the_reuse_key_under_the_key_earlier_versions_read(small_series, predictor, tmp_path):
+    """series.json keeps the reuse key (slices digest, predictor fingerprint, outputs version) under "fingerprint",
+    where every earlier version wrote and reads it: their finished folders are reused, and they reuse ours."""
+    out = tmp_path / "out"
+    (folder,) = infer_dicom(predictor, tmp_path / "in", out).processed
+    marker = json.loads((out / folder / "series.json").read_text())
+    (series,) = scan_dicom_folder(tmp_path / "in").series
+    assert marker["fingerprint"] == reuse_key_for(series, predictor.fingerprint())
+    assert marker["fingerprint"] == {"slices": slices_digest(series), "models": predictor.fingerprint(), "outputs": 2}
+
+
+@pytest.mark.real_data
+def test_the_summary_records_the_options_and_every_predictor_setting(small_series, tmp_path):
+    predictor = TumorPredictor(BrightSegmenter(), BrightDetector(), input_mode="all", amp=False, min_component_px=7)
+    infer_dicom(predictor, tmp_path / "in", tmp_path / "out", always_seg=True)
+    options = json.loads((tmp_path / "out" / "summary.json").read_text())["options"]
+    settings = predictor.settings.as_dict()
+    assert {name: options[name] for name in settings} == settings and options["min_component_px"] == 7
+    assert options["always_seg"] is True and options["series"] is None and "batch_size" not in options

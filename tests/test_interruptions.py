@@ -303,13 +303,13 @@ def test_overwrite_ignores_an_interrupted_runs_progress(predictor, slices, tmp_p
 
 def test_other_settings_start_afresh(predictor, slices, tmp_path, monkeypatch):
     interrupted_run(predictor, slices, tmp_path / "out", 10, monkeypatch)
-    monkeypatch.setattr(predictor, "min_component_px", 5)
+    monkeypatch.setattr(predictor, "settings", predictor.settings.replace(min_component_px=5))
     assert infer_folder(predictor, slices, tmp_path / "out").reused == 0
 
 
 def test_other_weights_start_afresh(predictor, slices, tmp_path, monkeypatch):
     interrupted_run(predictor, slices, tmp_path / "out", 10, monkeypatch)
-    other = TumorPredictor(MobileNetV2UNet(), predictor.classifier, spatial_size=(32, 32), amp=False)
+    other = TumorPredictor(MobileNetV2UNet(), predictor.detector, spatial_size=(32, 32), amp=False)
     assert infer_folder(other, slices, tmp_path / "out").reused == 0
 
 

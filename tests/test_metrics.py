@@ -11,10 +11,10 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import roc_auc_score
 
 from bt_monai.metrics import (
-    ClassificationMetric,
+    DetectionMetric,
     PatientVolumeMetric,
     SliceSegmentationMetric,
-    classification_summary,
+    detection_summary,
     dice_from_counts,
     iou_from_counts,
     pixel_accuracy_from_counts,
@@ -70,7 +70,7 @@ def test_classification_summary_agrees_with_scikit_learn():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 200)
     probs = np.clip(labels * 0.3 + rng.random(200) * 0.7, 0, 1)
-    s = classification_summary(probs, labels, threshold=0.5)
+    s = detection_summary(probs, labels, threshold=0.5)
     tn, fp, fn, tp = sk_confusion_matrix(labels, probs >= 0.5).ravel()
     assert s["confusion_matrix"] == [[tn, fp], [fn, tp]]
     assert s["accuracy"] == pytest.approx((tp + tn) / 200)
@@ -84,12 +84,12 @@ def test_classification_summary_agrees_with_scikit_learn():
 def test_roc_auc_with_one_class_is_undefined_with_a_reason_not_an_error():
     value, reason = roc_auc([0.2, 0.9], [1, 1])
     assert math.isnan(value) and "one class" in reason
-    s = classification_summary([0.2, 0.9], [1, 1])
+    s = detection_summary([0.2, 0.9], [1, 1])
     assert math.isnan(s["roc_auc"]) and math.isnan(s["specificity"]) and s["sensitivity"] == 0.5
 
 
-def test_classification_metric_buffers_across_batches():
-    metric = ClassificationMetric("accuracy", threshold=0.5)
+def test_detection_metric_buffers_across_batches():
+    metric = DetectionMetric("accuracy", threshold=0.5)
     metric(torch.tensor([[0.9], [0.2]]), torch.tensor([[1.0], [1.0]]))
     metric(torch.tensor([[0.1]]), torch.tensor([[0.0]]))
     assert metric.aggregate().item() == pytest.approx(2 / 3)

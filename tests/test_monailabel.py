@@ -336,7 +336,7 @@ def test_the_datastore_command_links_slices_and_writes_masks_as_0_1_labels(work,
 
     (out / f"{slice_id(1)}.tif").unlink()
     (out / f"{slice_id(1)}.tif").write_bytes(b"another file")
-    assert label_main(args) == 1  # never overwritten
+    assert label_main(args) == 2  # refused, never overwritten (README, "Exit statuses")
     assert f"{out / slice_id(1)}.tif already exists" in capsys.readouterr().err
 
 

@@ -39,6 +39,20 @@ def test_the_bundle_root_variable_is_read_at_each_call(tmp_path, monkeypatch):
     assert bundle.locate_bundle(name="segmentation") == SHIPPED_SEG
 
 
+def test_search_folders_are_looked_in_first_in_their_order_then_the_usual_places(tmp_path):
+    """The MONAI Label app's lookup: its ``model/`` folder, then ``bundles_dir``, then the installed bundles."""
+    model, bundles_dir = tmp_path / "app" / "model", tmp_path / "bundles"
+    custom = bundle.copy_bundle("segmentation", bundles_dir / "my_unet")  # any folder name
+    assert bundle.locate_bundle("my_unet", search=[model, bundles_dir]) == custom
+    assert bundle.locate_bundle("segmentation", search=[model, bundles_dir]) == SHIPPED_SEG
+    own = bundle.copy_bundle("segmentation", model / "brain_tumor_segmentation")
+    bundle.copy_bundle("segmentation", bundles_dir / "brain_tumor_segmentation")
+    assert bundle.locate_bundle("segmentation", search=[model, bundles_dir]) == own
+    assert bundle.locate_bundle("brain_tumor_segmentation", search=[model, bundles_dir]) == own
+    with pytest.raises(bundle.BundleNotFoundError, match=f"my_unet: no such bundle folder, not in {model}, and"):
+        bundle.locate_bundle("my_unet", search=[model])
+
+
 def test_an_unknown_bundle_name_says_what_would_work():
     with pytest.raises(bundle.BundleNotFoundError, match="no such bundle folder.*segmentation"):
         bundle.locate_bundle("segmentaton")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +37,7 @@ def odd_slices(tmp_path_factory):
     tifffile.imwrite(folder / "rgb16.tif", rng.integers(0, 4000, (100, 120, 3), np.uint16))
     tifffile.imwrite(folder / "gray16.tif", rng.integers(0, 4000, (256, 256), np.uint16))
     tifffile.imwrite(folder / "float.tif", rng.normal(100, 30, (64, 80)).astype(np.float32))
+    tifffile.imwrite(folder / "gray_sample_axis.tif", rng.integers(0, 4000, (70, 50, 1), np.uint16))  # (H, W, 1)
     Image.fromarray(rng.integers(0, 255, (90, 70), np.uint8)).save(folder / "gray.png")
     Image.fromarray(rng.integers(0, 255, (90, 70, 4), np.uint8)).save(folder / "rgba.png")
     Image.fromarray(rng.integers(0, 255, (90, 70, 2), np.uint8)[..., 0], mode="L").convert("LA").save(folder / "la.png")
@@ -56,6 +59,16 @@ def test_pixels_are_read_as_monai_loadimage_reads_them(odd_slices, real_slices):
         np.testing.assert_array_equal(read_slice_pixels(path), loader(path).numpy(), err_msg=str(path))
 
 
+def test_a_tiff_that_is_not_a_slice_is_refused_by_both_readers_naming_the_file(tmp_path):
+    path = tmp_path / "volume.tif"
+    tifffile.imwrite(path, np.zeros((4, 30, 20, 3), np.uint8))
+    for read in (read_slice_pixels, SliceLoader()):
+        with pytest.raises(
+            ValueError, match=re.escape(f"{path}: expected a 2D slice, got an image of shape (4, 30, 20, 3)")
+        ):
+            read(path)
+
+
 def test_percentiles_equal_torch_quantile_exactly():
     values = torch.rand(6, 50176) ** 8 * 255
     for q in (0.0, 1.0, 50.0, 99.9, 100.0):
@@ -73,6 +86,38 @@ def test_batch_preprocessing_equals_the_bundles_monai_transforms_on_real_slices(
 def test_batch_preprocessing_equals_the_monai_transforms_for_every_layout(odd_slices):
     batch = preprocess_slices([read_slice_pixels(p) for p in odd_slices])
     torch.testing.assert_close(batch, monai_preprocessing(odd_slices), rtol=0, atol=0)
+
+
+def test_the_segmentation_bundles_inference_workflow_gives_the_predictors_masks_on_real_slices(real_slices, tmp_path):
+    """``monai.bundle run`` of configs/inference.json (its preprocessing and postprocessing, through SaveImaged's
+    PNGs) and the predictor: the same masks, pixel for pixel, cleaning included. Plain float32 on both sides
+    (bf16 autocast rounds differently in the two execution paths), every slice through the U-Net."""
+    from monai.bundle import ConfigWorkflow
+
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for path in real_slices:
+        (folder / path.name).symlink_to(path)
+    root = locate_bundle(None, "segmentation")
+    workflow = ConfigWorkflow(
+        config_file=str(root / "configs" / "inference.json"),
+        workflow_type=None,
+        bundle_root=str(root),
+        dataset_dir=str(folder),
+        output_dir=str(tmp_path / "bundle"),
+        num_workers=0,
+        amp=False,
+        min_component_px=300,  # removes components of these slices: the cleaning is compared too
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    predictor = TumorPredictor.from_bundles(amp=False, fold_batch_norm=False, segment_gate=0.0, min_component_px=300)
+    masks = {Path(p.path).stem: p.mask for p in predictor.predict_paths(real_slices)}
+    assert 0 < sum(int(m.any()) for m in masks.values()) < len(masks)  # tumor and tumor-free slices
+    for stem, mask in masks.items():
+        written = np.asarray(Image.open(tmp_path / "bundle" / f"{stem}_seg.png"))
+        np.testing.assert_array_equal(written > 0, mask.astype(bool), err_msg=stem)
 
 
 def test_the_shipped_torchscript_exports_hold_the_shipped_network_definitions():
@@ -116,7 +161,7 @@ def test_an_export_of_another_network_definition_is_not_used(tmp_path):
 def test_a_bundle_without_an_export_builds_its_network_with_monai(tmp_path):
     root = copy_bundle(locate_bundle(None, "segmentation"), tmp_path / "segmentation")
     (root / "models" / "model.ts").unlink()
-    network, settings = load_bundle_network(root, name="segmentation")
+    network, settings = load_bundle_network(root, name="segmentation", keys=("input_mode",))
     assert not isinstance(network, torch.jit.ScriptModule) and settings["input_mode"] == "all"
 
 

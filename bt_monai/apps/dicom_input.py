@@ -1,7 +1,7 @@
 """Whether ``bt-monai infer`` reads its input as DICOM, and which folders are this tool's own DICOM outputs.
 
-Kept apart from :mod:`bt_monai.apps.dicom` (which loads pydicom, highdicom and MONAI) so that deciding how to
-read an input costs nothing: a folder of TIFF slices never imports the DICOM stack.
+Kept apart from the modules of :mod:`bt_monai.apps.dicom` (which load pydicom, highdicom and MONAI) so that
+deciding how to read an input costs nothing: a folder of TIFF slices never imports the DICOM stack.
 """
 
 from __future__ import annotations

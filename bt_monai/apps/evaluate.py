@@ -4,6 +4,10 @@ Predicts every slice with the one predictor, compares with the masks, and hands 
 :func:`bt_monai.writers.report.write_report`, which writes under OUT ``metrics.json`` (detection and
 segmentation metrics with patient-bootstrap 95% intervals, from :func:`bt_monai.metrics.summarize`, and what
 was evaluated), ``per_slice.csv``, ``per_patient.csv``, PNG figures and ``report.html``.
+
+Under ``torchrun --nproc_per_node N -m bt_monai evaluate ...`` each rank predicts one contiguous share of the
+slices (:func:`bt_monai.utils.distributed.block_of`); rank 0 gathers the per-slice results and writes the
+report, the same files as one process writes.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bt_monai.data import DatasetError, discover_kaggle3m
+from bt_monai.data import DatasetError, SliceLoader, discover_kaggle3m, load_truth_mask
 from bt_monai.inferers import TumorPredictor
 from bt_monai.metrics import HEADLINE_METRICS, SliceResult, segmentation_counts
-from bt_monai.transforms import BinarizeMask, LoadSlice
+from bt_monai.utils import error_summary
+from bt_monai.utils.distributed import broadcast_from_main, gather_blocks, init_process_group, is_main_process, share
 from bt_monai.writers.report import write_report
 
 __all__ = ["HEADLINE_METRICS", "evaluate_dataset", "voxel_volume_mm3"]
@@ -58,25 +63,29 @@ def evaluate_dataset(
     """Evaluate both models on a kaggle_3m-style dataset with masks and write the report under ``output``.
 
     ``patients``: evaluate only these patients (e.g. a split's test patients); all of them must be in ``dataset``.
+    Under torchrun every rank calls it alike and each predicts its share; every rank returns the metrics.
     """
-    skipped: list[tuple[str, str]] = []  # (path, reason): unusable files, reported in skipped.csv
-    records = {r.image: r for r in discover_kaggle3m(dataset, skipped)}
+    init_process_group(getattr(predictor, "device", None))  # a torchrun launch: join its group (else nothing)
+    unusable: list[tuple[str, str]] = []  # (path, reason): files discovery left out, reported in skipped.csv
+    records = {r.image: r for r in discover_kaggle3m(dataset, unusable)}
     if patients is not None:
         missing = sorted(set(patients) - {r.patient_id for r in records.values()})
         if missing:
             raise DatasetError(f"{len(missing)} patient(s) to evaluate are not in {dataset}: {', '.join(missing[:5])}")
         records = {image: r for image, r in records.items() if r.patient_id in set(patients)}
-    load, binarize = LoadSlice(), BinarizeMask()
+    loader = SliceLoader()
+    mine = share(list(records), batch_size)  # all of them for one process
     slices: list[SliceResult] = []
+    skipped: list[tuple[str, str]] = []  # files left out while predicting
 
     def skip(path: str, error: Exception) -> None:
-        skipped.append((path, f"{type(error).__name__}: {error}".splitlines()[0]))
+        skipped.append((path, error_summary(error)))
 
-    for prediction in tqdm(
-        predictor.predict_paths(list(records), batch_size, on_error=skip), total=len(records), desc="evaluating"
-    ):
+    shown = None if is_main_process() else True  # one progress bar: rank 0's
+    predictions = predictor.predict_paths(mine, batch_size, on_error=skip)
+    for prediction in tqdm(predictions, total=len(mine), desc="evaluating", disable=shown):
         record = records[prediction.path]
-        truth = binarize(load(record.mask))[0].numpy().T > 0  # (H, W), as the prediction
+        truth = load_truth_mask(record.mask, loader)  # (H, W), as the prediction
         if truth.shape != prediction.mask.shape:
             skip(record.mask, ValueError(f"mask is {truth.shape[::-1]} but its image {prediction.mask.shape[::-1]}"))
             continue
@@ -100,6 +109,9 @@ def evaluate_dataset(
                 voxel_volume_mm3(record.image),
             )
         )
+    shares = gather_blocks([(slices, skipped)])  # rank order: the one-process order
+    slices = [s for share_slices, _ in shares for s in share_slices]
+    skipped = unusable + [s for _, share_skipped in shares for s in share_skipped]
     if not slices:
         raise ValueError(f"no slice of {dataset} could be evaluated ({len(skipped)} skipped)")
     evaluated = {
@@ -112,7 +124,11 @@ def evaluate_dataset(
             "skipped_files": len(skipped),
         },
         "input_mode": predictor.input_mode,
+        "settings": predictor.settings.as_dict(),
         **(provenance or {}),
     }
     threshold = predictor.detection_threshold
-    return write_report(output, slices, threshold, evaluated, n_bootstrap, seed, predictor, skipped)
+    metrics = None
+    if is_main_process():  # one report, by rank 0
+        metrics = write_report(output, slices, threshold, evaluated, n_bootstrap, seed, predictor, skipped)
+    return broadcast_from_main(metrics)

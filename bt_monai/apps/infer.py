@@ -2,7 +2,7 @@
 
 Outputs under OUT: ``predictions.csv`` (one row per readable slice: path relative to INPUT,
 tumor_probability, tumor, tumor_area_px), ``masks/<path without extension>.png`` (0/255, at the slice's own
-size) and, when some files could not be read, ``skipped.csv`` (path, reason). Every file is written
+size) and ``skipped.csv`` (path, reason: the files that could not be read; header only when none). Every file is written
 atomically; nothing is written outside OUT, and no input file is ever overwritten (OUT may be INPUT).
 
 Interrupted runs: while it runs, ``OUT/.bt_monai_infer_progress.csv`` records each finished slice (after its
@@ -13,6 +13,13 @@ again, ``predictions.csv`` comes out complete and in the same order as an uninte
 is removed at the end. ``overwrite=True`` (``--overwrite``) starts afresh instead; so does any change of
 weights or settings. A finished run leaves no record: running it again predicts everything again. The
 record is locked while a run uses it, so two runs into the same OUT at the same time are refused.
+
+Many processes: under ``torchrun --nproc_per_node N -m bt_monai infer ...`` each rank predicts one contiguous
+share of the slices (:func:`bt_monai.utils.distributed.block_of`) and writes its own masks; rank 0 gathers the
+rows and writes ``predictions.csv`` and ``skipped.csv``, the same files as one process writes. Each rank
+records its finished slices in its own journal (rank 0: the file above, rank r:
+``.bt_monai_infer_progress.rank<r>.csv``); a run again, with any number of processes, reuses what all of them
+recorded.
 """
 
 from __future__ import annotations
@@ -31,8 +38,19 @@ from tqdm import tqdm
 from bt_monai.data import discover_images
 from bt_monai.data.pixels import strip_image_suffix
 from bt_monai.inferers import TumorPredictor
-from bt_monai.utils import inside, remove_stale_temporaries, write_csv
+from bt_monai.utils import error_summary, file_stamp, inside, relative_path, remove_stale_temporaries, write_csv
+from bt_monai.utils.distributed import (
+    barrier,
+    broadcast_from_main,
+    gather_blocks,
+    init_process_group,
+    is_main_process,
+    rank,
+    share,
+    world_size,
+)
 from bt_monai.writers.masks import write_mask_png
+from bt_monai.writers.skipped import write_skipped
 
 try:
     import fcntl
@@ -43,6 +61,7 @@ __all__ = ["PREDICTION_COLUMNS", "PROGRESS_FILE", "InferenceSummary", "ProgressJ
 
 PREDICTION_COLUMNS = ("path", "tumor_probability", "tumor", "tumor_area_px")
 PROGRESS_FILE = ".bt_monai_infer_progress.csv"
+_RANK_PROGRESS = ".bt_monai_infer_progress.rank{}.csv"  # rank r > 0 of a torchrun run: its own journal
 
 
 @dataclass
@@ -51,10 +70,6 @@ class InferenceSummary:
     tumor_slices: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     reused: int = 0  # of ``slices``: finished by an interrupted earlier run, not predicted again
-
-
-def _relative(path: Path, root: Path) -> Path:
-    return Path(path.name) if root.is_file() else path.relative_to(root)
 
 
 def mask_names(relatives: list[Path]) -> dict[Path, Path]:
@@ -69,10 +84,14 @@ def mask_names(relatives: list[Path]) -> dict[Path, Path]:
     return {r: stem if counts[stem] == 1 else r.with_name(r.name + ".png") for r, stem in stems.items()}
 
 
-def _input_state(path: Path) -> tuple[str, str]:
-    """Size and modification time of an input file: a slice whose file changed is predicted again."""
-    stat = path.stat()
-    return str(stat.st_size), str(stat.st_mtime_ns)
+def _input_state(path: str | os.PathLike) -> tuple[str, ...]:
+    """The journal's cells for an input file: its :func:`~bt_monai.utils.file_stamp` (size, modification time)
+    as text; a slice whose file changed since (or is gone) is predicted again."""
+    return tuple(str(value) for value in file_stamp(path) or ("", ""))
+
+
+def _progress_path(output: Path, index: int) -> Path:
+    return output / (PROGRESS_FILE if index == 0 else _RANK_PROGRESS.format(index))
 
 
 class ProgressJournal:
@@ -107,16 +126,29 @@ class ProgressJournal:
         self._file.close()
         self._file = None
 
-    def finished(self) -> dict[str, list[str]]:
-        """The slices recorded by an earlier run with this fingerprint: ``{path: row}`` (the last row wins)."""
+    def finished(self, *others: Path) -> dict[str, list[str]]:
+        """The slices recorded by an earlier run with this fingerprint: ``{path: row}`` (the last row wins).
+
+        ``others``: more journals of that run to read after this one (its other ranks', under torchrun).
+        """
         assert self._file is not None
         self._file.seek(0)
-        text = self._file.read()
-        if not text.startswith(self.header):
-            return {}
-        complete = text[len(self.header) :]
-        complete = complete[: complete.rfind("\n") + 1]  # a line cut short by a kill is not a record
-        return {row[0]: row for row in csv.reader(io.StringIO(complete)) if len(row) == len(PREDICTION_COLUMNS) + 3}
+        texts = [self._file.read()]
+        for path in others:
+            try:
+                texts.append(path.read_text(encoding="utf-8", errors="surrogateescape"))
+            except FileNotFoundError:
+                pass
+        rows = {}
+        for text in texts:
+            if not text.startswith(self.header):
+                continue
+            complete = text[len(self.header) :]
+            complete = complete[: complete.rfind("\n") + 1]  # a line cut short by a kill is not a record
+            rows.update(
+                (row[0], row) for row in csv.reader(io.StringIO(complete)) if len(row) == len(PREDICTION_COLUMNS) + 3
+            )
+        return rows
 
     def restart(self) -> None:
         """Forget every record (another fingerprint, or ``overwrite``): the file holds the header alone."""
@@ -151,66 +183,103 @@ def infer_folder(
 
     An interrupted earlier run into ``output`` is continued (its finished slices are not predicted again)
     unless ``overwrite``. Memory stays flat whatever the number of slices: one batch of images at a time.
+    Under torchrun every rank calls it alike and each predicts its share (see module docstring); every rank
+    returns the summary of the whole run.
     """
+    init_process_group(getattr(predictor, "device", None))  # a torchrun launch: join its group (else nothing)
     source, output = Path(source).expanduser(), Path(output).expanduser()
     inputs = [p for p in discover_images(source) if not inside(p, output / "masks")]  # our own outputs
-    relatives = {p: _relative(p, source).as_posix() for p in inputs}
+    relatives = {p: relative_path(p, source) for p in inputs}
     names = {r.as_posix(): m.as_posix() for r, m in mask_names([Path(r) for r in relatives.values()]).items()}
     input_set = {os.path.realpath(p) for p in inputs}
     output.mkdir(parents=True, exist_ok=True)
     fingerprint = f"{predictor.fingerprint()} {os.path.realpath(source)}"
     summary, rows = InferenceSummary(), {}
 
-    with ProgressJournal(output / PROGRESS_FILE, fingerprint) as journal:
-        remove_stale_temporaries(output)  # killed runs' half-written reports and masks
-        remove_stale_temporaries(output / "masks", recursive=True)
-        by_relative = {r: p for p, r in relatives.items()}
-        for row in ({} if overwrite else journal.finished()).values():
-            path, mask, state = row[0], row[len(PREDICTION_COLUMNS)], tuple(row[len(PREDICTION_COLUMNS) + 1 :])
-            if path in by_relative and names[path] == mask and (output / "masks" / mask).is_file():
-                if _input_state(by_relative[path]) == state:  # the same file as then
-                    rows[path] = tuple(row[: len(PREDICTION_COLUMNS)])
-        if overwrite or not rows:
-            journal.restart()
+    with ProgressJournal(_progress_path(output, rank()), fingerprint) as journal:
+        if is_main_process():  # the other ranks wait at the broadcast: nothing of theirs is on disk yet
+            rows = _resume(journal, output, relatives, names, overwrite)
+        rows = broadcast_from_main(rows)
+        if not is_main_process():
+            journal.restart()  # rank 0 took over what it held
         summary.reused = len(rows)
 
         def skip(path: str, error: Exception) -> None:
-            reason = f"{type(error).__name__}: {error}".splitlines()[0]
-            summary.skipped.append((_relative(Path(path), source).as_posix(), reason))
+            summary.skipped.append((relative_path(path, source), error_summary(error)))
             progress.update()
 
         todo = [p for p in inputs if relatives[p] not in rows]
-        progress = tqdm(total=len(inputs), initial=len(inputs) - len(todo), desc="slices", unit="slice", disable=None)
+        mine = share(todo, batch_size)  # all of them for one process
+        done = len(inputs) - len(todo)
+        shown = None if is_main_process() else True  # one progress bar: rank 0's
+        progress = tqdm(total=done + len(mine), initial=done, desc="slices", unit="slice", disable=shown)
 
         def write(prediction, relative: str, row: tuple) -> None:
             # mask first, then its journal line: a line in the journal always has its mask on disk
             write_mask_png(output / "masks" / names[relative], prediction.mask)
-            journal.append([*row, names[relative], *_input_state(Path(prediction.path))])
+            journal.append([*row, names[relative], *_input_state(prediction.path)])
             progress.update()
 
         # One writer thread, in order, overlaps PNG encoding with the networks; a bounded queue keeps memory flat.
+        fresh: dict[str, tuple] = {}
         with ThreadPoolExecutor(1, thread_name_prefix="bt_monai-write") as writer:
             pending: deque = deque()
-            for prediction in predictor.predict_paths(todo, batch_size, on_error=skip):
+            for prediction in predictor.predict_paths(mine, batch_size, on_error=skip):
                 relative = relatives[Path(prediction.path)]
                 if os.path.realpath(output / "masks" / names[relative]) in input_set:
                     raise RuntimeError(f"refusing to overwrite the input {output / 'masks' / names[relative]}")
                 probability, area = f"{prediction.tumor_probability:.6f}", str(prediction.tumor_area_px)
                 row = (relative, probability, str(prediction.tumor), area)
                 pending.append(writer.submit(write, prediction, relative, row))
-                rows[relative] = row
+                fresh[relative] = row
                 while len(pending) > 2 * batch_size:
                     pending.popleft().result()  # raises a write error here, in order
             while pending:
                 pending.popleft().result()
         progress.close()
+        skipped = []
+        for share_rows, share_skipped in gather_blocks([(fresh, summary.skipped)]):  # rank order: input order
+            rows.update(share_rows)
+            skipped += share_skipped
+        summary.skipped = skipped
         ordered = [rows[relatives[p]] for p in inputs if relatives[p] in rows]  # the inputs' order, as uninterrupted
         summary.slices = len(ordered)
         summary.tumor_slices = sum(int(row[2]) for row in ordered)
-        write_csv(output / "predictions.csv", PREDICTION_COLUMNS, ordered)
-        if summary.skipped:
-            write_csv(output / "skipped.csv", ("path", "reason"), summary.skipped)
-        else:
-            (output / "skipped.csv").unlink(missing_ok=True)  # an earlier run's list no longer holds
+        if is_main_process():
+            write_csv(output / "predictions.csv", PREDICTION_COLUMNS, ordered)
+            write_skipped(output, summary.skipped)  # always: an earlier run's list never survives
+        barrier()  # predictions.csv is whole: now every rank's record may go
         journal.remove()
     return summary
+
+
+def _resume(journal: ProgressJournal, output: Path, relatives: dict, names: dict, overwrite: bool) -> dict:
+    """The rows of the slices an interrupted earlier run finished, checked; the journal made ready for this run.
+
+    Rank 0's work (or the one process's). Reads this journal and any other rank's of that run (under torchrun,
+    with any number of processes); a row counts when its mask is there and its input file unchanged. The
+    journal is kept as it is when it alone holds them, else rewritten with them, and other ranks' journals
+    that no rank of this run owns are removed: the records survive one more kill either way.
+    """
+    remove_stale_temporaries(output)  # killed runs' half-written reports and masks
+    remove_stale_temporaries(output / "masks", recursive=True)
+    others = sorted(p for p in output.glob(_RANK_PROGRESS.format("*")) if p != journal.path)
+    by_relative = {r: p for p, r in relatives.items()}
+    rows, lines = {}, []
+    for row in ({} if overwrite else journal.finished(*others)).values():
+        path, mask, state = row[0], row[len(PREDICTION_COLUMNS)], tuple(row[len(PREDICTION_COLUMNS) + 1 :])
+        if path in by_relative and names[path] == mask and (output / "masks" / mask).is_file():
+            if _input_state(by_relative[path]) == state:  # the same file as then
+                rows[path] = tuple(row[: len(PREDICTION_COLUMNS)])
+                lines.append(row)
+    if others:  # their records move into this journal: their owners (if any run now) start theirs afresh
+        journal.restart()
+        for line in lines:
+            journal.append(line)
+        owned = {_progress_path(output, index) for index in range(world_size())}
+        for path in others:
+            if path not in owned:
+                path.unlink(missing_ok=True)
+    elif overwrite or not rows:
+        journal.restart()
+    return rows

@@ -16,6 +16,7 @@ _EXPORTS = {
     "discover_images": "bt_monai.data.discovery",
     "discover_kaggle3m": "bt_monai.data.discovery",
     "is_mask_file": "bt_monai.data.discovery",
+    "load_truth_mask": "bt_monai.data.discovery",
     "load_or_make_datalist": "bt_monai.data.datalist",
     "make_synthetic_kaggle3m": "bt_monai.data.synthetic",
     "make_datalist": "bt_monai.data.datalist",

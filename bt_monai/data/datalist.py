@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bt_monai.data.discovery import DatasetError, SliceRecord, discover_kaggle3m, slice_problem
-from bt_monai.utils import atomic_write_bytes
+from bt_monai.utils import atomic_write_bytes, error_summary
 
 __all__ = [
     "check_split_sizes",
@@ -141,7 +141,7 @@ def _usable_entries(datalist: dict, source: Path) -> dict:
                     loader(image)
                     problem = None
                 except Exception as e:
-                    problem = f"{type(e).__name__}: {e}".splitlines()[0]
+                    problem = error_summary(e)
             if problem is None:
                 kept.append(entry)
             else:
@@ -217,7 +217,7 @@ def patients_in_split(split_file: str | os.PathLike, split: str) -> list[str]:
 
 
 def check_split_sizes(datalist: dict, processes: int, splits: Sequence[str] = ("training", "validation")) -> bool:
-    """Refuse a distributed run (``processes`` ranks) in which a split has fewer slices than ranks.
+    """Refuse a distributed run (``processes`` ranks; training or evaluation) with a split of fewer slices than ranks.
 
     MONAI's ``DistributedSampler`` stops such a run from deep inside with "the dataset length is less than
     the number of participating ranks"; this names the split and what to do instead. Returns True when fine.
@@ -226,8 +226,8 @@ def check_split_sizes(datalist: dict, processes: int, splits: Sequence[str] = ("
         n = len(datalist.get(split) or [])
         if n < processes:
             raise DatasetError(
-                f"the {split} split holds {n} slice(s), fewer than the {processes} training processes: run with "
+                f"the {split} split holds {n} slice(s), fewer than the {processes} processes: run with "
                 f"at most {max(n, 1)} process(es) (torchrun --nproc_per_node), or give the split more patients "
-                "(--val_fraction, or a datalist with more entries)"
+                "(--val_fraction, --test_fraction, or a datalist with more entries)"
             )
     return True

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bt_monai.data.pixels import slice_format, strip_image_suffix
+from bt_monai.utils import error_summary
 
 __all__ = [
     "DatasetError",
@@ -23,6 +24,7 @@ __all__ = [
     "discover_kaggle3m",
     "discover_images",
     "is_mask_file",
+    "load_truth_mask",
     "mask_has_tumor",
     "mask_path_for",
     "patient_id_from_name",
@@ -66,6 +68,20 @@ def mask_has_tumor(mask_path: str | os.PathLike, loader: Callable | None = None)
     return bool(np.asarray(loader(mask_path)).any())
 
 
+def load_truth_mask(mask_path: str | os.PathLike, loader: Callable | None = None) -> np.ndarray:
+    """A ground-truth mask file as a bool array ``(H, W)`` (rows, columns: the layout of a prediction's mask).
+
+    A pixel is tumor when any channel is above 0 (255, 1 or 128 all count), as
+    :class:`bt_monai.transforms.BinarizeMask` decides for training. ``loader``: a :class:`SliceLoader` to reuse
+    (it reads ``(C, W, H)``, MONAI's axis order); any reading error is raised, naming the file.
+    """
+    if loader is None:
+        from bt_monai.data.readers import SliceLoader
+
+        loader = SliceLoader()
+    return (np.asarray(loader(mask_path)) > 0).any(0).T
+
+
 def mask_path_for(image: str | os.PathLike) -> Path:
     """The kaggle_3m mask file of an image: ``<name>_mask`` plus the image's extension, beside it."""
     image = Path(image)
@@ -97,7 +113,7 @@ def patient_id_from_name(path: str) -> str:
 
 
 def _unreadable(role: str, path: str | os.PathLike, error: Exception) -> str:
-    return f"{role} {Path(path).name} unreadable: " + f"{type(error).__name__}: {error}".splitlines()[0]
+    return f"{role} {Path(path).name} unreadable: {error_summary(error)}"
 
 
 def _inspect_pair(image, mask, loader: Callable, check_image: bool = True) -> tuple[str | None, int]:

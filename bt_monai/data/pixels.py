@@ -25,6 +25,7 @@ __all__ = [
     "strip_image_suffix",
     "read_tiff",
     "read_pil",
+    "monai_axes",
     "read_slice_pixels",
     "check_slice_pixels",
 ]
@@ -103,6 +104,21 @@ def read_pil(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(image)
 
 
+def monai_axes(stored: np.ndarray, source: str | os.PathLike, reverse_indexing: bool = True) -> np.ndarray:
+    """A 2D slice as tifffile and PIL decode it, ``(H, W)`` or ``(H, W, S)``, in MONAI's axis order ``(W, H)`` or
+    ``(W, H, S)`` (first axis = image column; a view, values and dtype as stored).
+
+    A single sample axis ``(H, W, 1)`` is dropped. ``reverse_indexing=False`` keeps ``(H, W)``. Anything but a
+    2D image raises ``ValueError`` naming ``source``. The one axis rule of :func:`read_slice_pixels` and
+    :class:`bt_monai.data.readers.TiffReader`.
+    """
+    if stored.ndim == 3 and stored.shape[-1] == 1:
+        stored = stored[..., 0]
+    if stored.ndim not in (2, 3):
+        raise ValueError(f"{source}: expected a 2D slice, got an image of shape {tuple(stored.shape)}")
+    return np.moveaxis(stored, 0, 1) if reverse_indexing else stored
+
+
 def check_slice_pixels(pixels: np.ndarray, filename: str | os.PathLike) -> None:
     """Raise ``ValueError`` naming ``filename`` unless ``pixels`` is a non-empty ``(C, W, H)`` slice, all finite."""
     if pixels.ndim != 3:
@@ -124,12 +140,7 @@ def read_slice_pixels(path: str | os.PathLike) -> np.ndarray:
     fmt = slice_format(path)
     if fmt not in PIXEL_FORMATS:
         raise ValueError(f"{path}: read_slice_pixels decodes TIFF, PNG and JPEG only (this is {fmt or 'unknown'})")
-    stored = read_tiff(path) if fmt == "tiff" else read_pil(path)
-    if fmt == "tiff" and stored.ndim == 3 and stored.shape[-1] == 1:
-        stored = stored[..., 0]
-    if stored.ndim not in (2, 3):
-        raise ValueError(f"{path}: expected a 2D slice, got an image of shape {tuple(stored.shape)}")
-    pixels = np.moveaxis(stored, 0, 1)  # (H, W[, C]) -> (W, H[, C])
+    pixels = monai_axes(read_tiff(path) if fmt == "tiff" else read_pil(path), path)  # (W, H[, C])
     pixels = np.moveaxis(pixels, -1, 0) if pixels.ndim == 3 else pixels[None]
     check_slice_pixels(pixels, path)
     return pixels.astype(np.float32)

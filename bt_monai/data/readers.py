@@ -26,6 +26,7 @@ from bt_monai.data.pixels import (
     TIFF_SUFFIXES,
     _has_suffix,
     check_slice_pixels,
+    monai_axes,
     read_tiff,
     slice_format,
     strip_image_suffix,
@@ -64,6 +65,8 @@ class TiffReader(ImageReader):
 
     def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs) -> list[np.ndarray] | np.ndarray:
         arrays = [read_tiff(f, **{**self.kwargs, **kwargs}) for f in ensure_tuple(data)]
+        for f, array in zip(ensure_tuple(data), arrays, strict=True):
+            monai_axes(array, f)  # not a 2D slice: fail here, where the file's name is known
         return arrays if len(arrays) > 1 else arrays[0]
 
     def get_data(self, img: np.ndarray | list[np.ndarray]) -> tuple[np.ndarray, dict]:
@@ -71,14 +74,9 @@ class TiffReader(ImageReader):
         compatible_meta: dict = {}
         for arr in img if isinstance(img, list) else [img]:  # ensure_tuple would split an array's rows
             arr = np.asarray(arr)
-            if arr.ndim == 3 and arr.shape[-1] == 1:
-                arr = arr[..., 0]
-            if arr.ndim not in (2, 3):
-                raise ValueError(f"expected a 2D TIFF slice, got an array of shape {arr.shape}")
-            spatial = np.asarray(arr.shape[:2][::-1] if self.reverse_indexing else arr.shape[:2])
-            data = np.moveaxis(arr, 0, 1) if self.reverse_indexing else arr
+            data = monai_axes(arr, "TIFF", self.reverse_indexing)
             header = {
-                MetaKeys.SPATIAL_SHAPE: spatial,
+                MetaKeys.SPATIAL_SHAPE: np.asarray(data.shape[:2]),
                 MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if data.ndim == 3 else float("nan"),
                 "dtype": str(arr.dtype),
             }

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from monai.handlers import IgniteMetricHandler, from_engine
 
 from bt_monai.data.discovery import patient_id_from_name, patient_id_of
-from bt_monai.metrics import ClassificationMetric, PatientVolumeMetric, SliceSegmentationMetric
+from bt_monai.metrics import DetectionMetric, PatientVolumeMetric, SliceSegmentationMetric
 
 __all__ = [
     "SliceSegmentationHandler",
     "PatientVolumeHandler",
-    "ClassificationHandler",
+    "DetectionHandler",
 ]
 
 PRED_AND_LABEL = from_engine(["pred", "label"])
@@ -64,7 +64,7 @@ class PatientVolumeHandler(IgniteMetricHandler):
         raise NotImplementedError("PatientVolumeHandler reads patient ids from the engine; attach it to an engine")
 
 
-class ClassificationHandler(IgniteMetricHandler):
+class DetectionHandler(IgniteMetricHandler):
     """Slice-level detection metric (accuracy, sensitivity, ..., roc_auc) of probabilities ``pred`` vs ``label``."""
 
     def __init__(
@@ -75,7 +75,11 @@ class ClassificationHandler(IgniteMetricHandler):
         save_details: bool = True,
     ) -> None:
         super().__init__(
-            metric_fn=ClassificationMetric(metric_name, threshold),
+            metric_fn=DetectionMetric(metric_name, threshold),
             output_transform=output_transform,
             save_details=save_details,
         )
+
+
+# The name of bt_monai 0.x: bundle copies made before (``bt-monai bundle copy``) name it in their train.json.
+ClassificationHandler = DetectionHandler

@@ -9,6 +9,7 @@ from ignite.engine import Engine, Events
 
 from bt_monai.data.discovery import patient_id_of
 from bt_monai.metrics import SliceResult, segmentation_counts
+from bt_monai.utils import gather_in_sampler_order, is_main_process
 from bt_monai.writers.report import write_report
 
 __all__ = ["EvaluationReportHandler"]
@@ -26,6 +27,10 @@ class EvaluationReportHandler:
         n_bootstrap: patient bootstrap resamples for the 95% intervals.
         patient_key: the batch key with the patient id (else from the image's file name, :func:`patient_id_of`).
         evaluated: what was evaluated (dataset, split, weights...), copied into metrics.json.
+
+    In a ``torch.distributed`` run (``multi_gpu_evaluate.json``) attach it on every rank: each collects its shard
+    of an unshuffled ``DistributedSampler``, and rank 0 writes the report of all the slices, in the order one
+    process sees them (:func:`bt_monai.utils.gather_in_sampler_order`), so the files equal a one-process run's.
     """
 
     def __init__(
@@ -68,7 +73,7 @@ class EvaluationReportHandler:
             self.slices.append(SliceResult(patient, index, path, truth, probability, called, tp, fp, fn, tn))
 
     def completed(self, engine: Engine) -> None:
-        if self.slices:
-            write_report(
-                self.output_dir, self.slices, self.threshold, self.evaluated, self.n_bootstrap, tasks=(self.task,)
-            )
+        # Under torchrun each rank saw its shard: rank 0 writes them all, in the one-process order, once.
+        slices = gather_in_sampler_order(self.slices)
+        if slices and is_main_process():
+            write_report(self.output_dir, slices, self.threshold, self.evaluated, self.n_bootstrap, tasks=(self.task,))

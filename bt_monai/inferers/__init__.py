@@ -4,6 +4,8 @@ from bt_monai.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "AutocastInferer": "bt_monai.inferers.autocast",
+    "ModelBundles": "bt_monai.inferers.settings",
+    "PredictorSettings": "bt_monai.inferers.settings",
     "SlicePrediction": "bt_monai.inferers.predictor",
     "TumorPredictor": "bt_monai.inferers.predictor",
     "autocast_dtype": "bt_monai.inferers.execution",

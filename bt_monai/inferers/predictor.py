@@ -3,10 +3,10 @@
 It runs both bundles' networks on the same preprocessed slice: one preprocessing
 (:mod:`bt_monai.transforms.functional`, the functions :func:`bt_monai.transforms.slice_preprocessing`'s
 transforms compute, applied here to whole batches), one pair of thresholds, so the outputs of all faces agree
-by construction. Network definitions, input mode, input size and thresholds are read from each bundle's
-``configs/inference.json`` (:func:`bt_monai.bundle.load_bundle_network`); weights from ``models/model.pt``
-unless given. The pixel threshold is the segmentation bundle's, the tumor-probability threshold the
-detection bundle's.
+by construction. Network definitions and settings (:class:`bt_monai.inferers.PredictorSettings`: which bundle
+gives each) are read from each bundle's ``configs/inference.json``; weights from ``models/model.pt`` unless
+given. The pixel threshold is the segmentation bundle's, the tumor-probability threshold the detection
+bundle's.
 
 The streaming path (:meth:`TumorPredictor.predict_paths`, :meth:`TumorPredictor.predict_arrays`) needs no
 MONAI: files are decoded and resized by worker threads while the networks run on the previous batch.
@@ -17,20 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
-import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from bt_monai.bundle import INFERENCE_SETTINGS, load_bundle_network
-from bt_monai.data.pixels import PIXEL_FORMATS, read_slice_pixels, slice_format
+from bt_monai.data.slices import SliceDecoder
 from bt_monai.inferers.execution import autocast_dtype, run_network
+from bt_monai.inferers.settings import ModelBundles, PredictorSettings, predictor_settings
 from bt_monai.transforms.functional import (
     UPPER_PERCENTILE,
     prepare_slice,
@@ -38,8 +35,11 @@ from bt_monai.transforms.functional import (
     probability_to_mask,
     scale_batch,
 )
+from bt_monai.utils.threads import background, ordered_map
 
 __all__ = ["SlicePrediction", "TumorPredictor"]
+
+_SETTING_NAMES = frozenset(name for name, _ in PredictorSettings.specs())
 
 
 @dataclass
@@ -68,109 +68,107 @@ class TumorPredictor:
     """Detection and segmentation of 2D slices with both bundles' networks.
 
     Args:
-        segmenter, classifier: networks returning logits ``(B, 1, H, W)`` and ``(B, 1)`` (``nn.Module`` or
+        segmenter, detector: networks returning logits ``(B, 1, H, W)`` and ``(B, 1)`` (``nn.Module`` or
             TorchScript).
-        input_mode, spatial_size: the preprocessing both were trained with (must be one and the same).
-        threshold: the per-pixel probability threshold of the masks (the segmentation bundle's).
-        detection_threshold: the tumor-probability threshold of a slice (the detection bundle's); None: ``threshold``.
-        gate_masks: clear the mask of a slice the classifier calls tumor-free.
-        min_component_px: remove connected mask components smaller than this (pixels at the slice's size).
-        segment_gate: run the U-Net only on slices whose tumor probability is at least this; the others get
-            an empty mask (0: every slice is segmented). With ``gate_masks`` and a gate at or below
-            ``detection_threshold`` the outputs are those of no gate.
-        amp, channels_last: bf16 autocast on capable CPUs (fp16 on CUDA) and channels-last execution.
-        fold_batch_norm: fold each batch norm into the convolution before it (TorchScript networks, e.g. the
-            bundles' ``models/model.ts``): the same function in exact arithmetic, about a fifth less network
-            time on CPU; under bf16 autocast the rounding differs slightly (validated: see the README).
-        decode_workers: threads that read and resize slice files while the networks run (0: in the caller's
-            thread). None: 2, or 0 on machines with 2 CPU cores or fewer, where they only compete with the
-            networks' own threads (measured: no gain on 2 cores).
+        settings: everything else (:class:`bt_monai.inferers.PredictorSettings`: input mode and size, thresholds,
+            mask gating and cleaning, the segment gate, autocast, channels-last, batch-norm folding, device,
+            decode threads; each documented there). Defaults: ``PredictorSettings()``.
+        bundles: where the networks came from (:class:`bt_monai.inferers.ModelBundles`), for :meth:`provenance`.
+        **changes: settings to change from ``settings``, by name (e.g. ``amp=False``).
+
+    A setting is read as an attribute too (``predictor.threshold``); change settings by assigning a new
+    ``predictor.settings`` (e.g. ``predictor.settings = predictor.settings.replace(min_component_px=5)``).
     """
 
     def __init__(
         self,
         segmenter: torch.nn.Module,
-        classifier: torch.nn.Module,
-        input_mode: str = "all",
-        spatial_size: tuple[int, int] = (224, 224),
-        threshold: float = 0.5,
-        detection_threshold: float | None = None,
-        gate_masks: bool = False,
-        min_component_px: int = 0,
-        segment_gate: float = 0.0,
-        amp: bool = True,
-        channels_last: bool = True,
-        device: torch.device | str | None = None,
-        fold_batch_norm: bool = False,
-        decode_workers: int | None = None,
+        detector: torch.nn.Module,
+        settings: PredictorSettings | None = None,
+        bundles: ModelBundles | None = None,
+        **changes,
     ) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.segmenter = segmenter.to(self.device, memory_format=memory_format).eval()
-        self.classifier = classifier.to(self.device, memory_format=memory_format).eval()
-        self.threshold, self.gate_masks, self.min_component_px = threshold, gate_masks, min_component_px
-        self.detection_threshold = threshold if detection_threshold is None else detection_threshold
-        if not 0.0 <= segment_gate <= 1.0:
-            raise ValueError(f"segment_gate is a tumor probability in [0, 1], got {segment_gate}")
-        self.segment_gate = float(segment_gate)
-        self.input_mode, self.spatial_size, self.channels_last = input_mode, tuple(spatial_size), channels_last
-        if decode_workers is None:
-            decode_workers = 2 if (os.cpu_count() or 1) > 2 else 0
-        self.amp, self.decode_workers = amp, max(0, int(decode_workers))
-        self.fold_batch_norm = bool(fold_batch_norm)
-        self.autocast = autocast_dtype(self.device.type, amp)
+        self.segmenter, self.detector, self.bundles = segmenter, detector, bundles
         self._monai_preprocessing = None
         self._frozen: dict[int, tuple] = {}  # id(network) -> (network, its frozen TorchScript)
+        self.settings = (settings or PredictorSettings()).replace(**changes)
+
+    @property
+    def settings(self) -> PredictorSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: PredictorSettings) -> None:
+        self._settings = settings
+        self.device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+        self.segmenter = self.segmenter.to(self.device, memory_format=memory_format).eval()
+        self.detector = self.detector.to(self.device, memory_format=memory_format).eval()
+        workers = settings.decode_workers
+        self.decode_workers = (2 if (os.cpu_count() or 1) > 2 else 0) if workers is None else int(workers)
+        self.autocast = autocast_dtype(self.device.type, settings.amp)
+        self._monai_preprocessing = None
+        self._frozen.clear()
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _SETTING_NAMES and name not in ("device", "decode_workers"):  # those two are resolved values
+            raise AttributeError(
+                f"{name} is a predictor setting: assign predictor.settings = predictor.settings.replace({name}=...), "
+                "so that the fingerprint and every output follow it"
+            )
+        super().__setattr__(name, value)
+
+    def __getattr__(self, name: str):
+        # the settings read as attributes (predictor.threshold), one definition: PredictorSettings
+        if name != "_settings" and "_settings" in self.__dict__ and name in _SETTING_NAMES:
+            return getattr(self._settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def from_bundles(
         cls,
-        segmentation_bundle: str | os.PathLike | None = None,
+        segmentation_bundle: str | os.PathLike | ModelBundles | None = None,
         detection_bundle: str | os.PathLike | None = None,
         segmentation_weights: str | os.PathLike | None = None,
         detection_weights: str | os.PathLike | None = None,
-        **kwargs,
+        **changes,
     ) -> TumorPredictor:
-        """Build from the two bundles (None: the shipped ones, :func:`bt_monai.bundle.locate_bundle`).
+        """Build from the two bundles (None: the shipped ones, :func:`bt_monai.bundle.locate_bundle`), or from a
+        :class:`bt_monai.inferers.ModelBundles` given first.
 
-        ``kwargs`` override the bundles' settings. Preprocessing and mask settings come from the segmentation
-        bundle's ``inference.json``, the detection threshold from the detection bundle's.
+        Each setting comes from the ``configs/inference.json`` of the bundle :class:`PredictorSettings` names for
+        it (the detection threshold from the detection bundle's, the rest from the segmentation bundle's);
+        ``changes`` override them (None: not given).
         """
-        segmenter, seg = load_bundle_network(segmentation_bundle, segmentation_weights, name="segmentation")
-        classifier, det = load_bundle_network(detection_bundle, detection_weights, name="detection")
-        for key in ("input_mode", "spatial_size"):
-            if seg.get(key) != det.get(key) and key not in kwargs:
-                raise ValueError(
-                    f"the bundles disagree on {key} ({seg.get(key)} vs {det.get(key)}): one preprocessing "
-                    "serves both models, so retrain one of them or pass the setting explicitly"
-                )
-        settings = {k: seg[k] for k in INFERENCE_SETTINGS if k in seg}
-        if "threshold" in det:
-            settings["detection_threshold"] = det["threshold"]
-        return cls(segmenter, classifier, **{**settings, **kwargs})
+        if isinstance(segmentation_bundle, ModelBundles):
+            bundles = segmentation_bundle
+        else:
+            bundles = ModelBundles.locate(
+                segmentation_bundle, detection_bundle, segmentation_weights, detection_weights
+            )
+        segmenter, detector, configs = bundles.load_networks()
+        settings = predictor_settings(configs, {k: str(v) for k, v in bundles.inference_configs().items()}, **changes)
+        return cls(segmenter, detector, settings, bundles)
+
+    def provenance(self) -> dict | None:
+        """What the models are (:meth:`bt_monai.inferers.ModelBundles.provenance`); None when not built from bundles."""
+        return None if self.bundles is None else self.bundles.provenance()
 
     def fingerprint(self) -> str:
         """SHA-256 of what decides this predictor's outputs: both networks' weights and all its settings.
 
         Two predictors with the same fingerprint give the same masks and probabilities for the same slices, so
-        outputs made by one can be reused for the other (e.g. when ``infer`` resumes an interrupted run).
+        outputs made by one can be reused for the other (e.g. when ``infer`` resumes an interrupted run). Its
+        value for given weights and settings never changes between versions: the SEG and SR UIDs derive from it.
         """
         digest = hashlib.sha256()
-        for network in (self.segmenter, self.classifier):
+        for network in (self.segmenter, self.detector):
             for name, tensor in network.state_dict().items():
                 tensor = tensor.detach().cpu().contiguous().reshape(-1)
                 digest.update(f"{name} {tensor.dtype} {tensor.numel()};".encode())
                 digest.update(tensor.view(torch.uint8).numpy().tobytes())
         settings = {
-            "threshold": self.threshold,
-            "detection_threshold": self.detection_threshold,
-            "gate_masks": self.gate_masks,
-            "min_component_px": self.min_component_px,
-            "segment_gate": self.segment_gate,
-            "fold_batch_norm": self.fold_batch_norm,
-            "input_mode": self.input_mode,
-            "spatial_size": list(self.spatial_size),
-            "channels_last": self.channels_last,
+            **self.settings.fingerprint_values(),
             "device": self.device.type,
             "autocast": str(self.autocast),
         }
@@ -255,7 +253,7 @@ class TumorPredictor:
         """Tumor probabilities ``(B,)`` of a preprocessed batch: the detection model alone (e.g. to rank slices)."""
         if hasattr(images, "as_tensor"):
             images = images.as_tensor()
-        return torch.sigmoid(self._run(self.classifier, images)).reshape(-1).cpu()
+        return torch.sigmoid(self._run(self.detector, images)).reshape(-1).cpu()
 
     def to_mask(self, probability_map: torch.Tensor, original_size: tuple[int, int], tumor_probability: float):
         """Resize a ``(1, W, H)`` probability map to the slice's ``(W, H)``, threshold, clean; return ``(H, W)``."""
@@ -280,14 +278,14 @@ class TumorPredictor:
         decoded without MONAI (:func:`bt_monai.data.pixels.read_slice_pixels`); DICOM and NIfTI files through
         :class:`bt_monai.data.readers.SliceLoader`; both give the same pixels.
         """
-        loader = _SliceFiles()
+        loader = SliceDecoder()
 
         def read(path) -> tuple[torch.Tensor, tuple[int, int]]:
             pixels = loader(path)
             return self.prepare(pixels), tuple(int(s) for s in pixels.shape[1:])
 
         items = ((str(path), path) for path in paths)
-        yield from self._stream(_ordered_map(read, items, self.decode_workers, 2 * batch_size), batch_size, on_error)
+        yield from self._stream(ordered_map(read, items, self.decode_workers, 2 * batch_size), batch_size, on_error)
 
     def predict_arrays(
         self,
@@ -306,16 +304,16 @@ class TumorPredictor:
             return self.prepare(image), tuple(int(s) for s in image.shape[1:])
 
         items = ((str(key), image) for key, image in images)
-        prepared = _ordered_map(read, _background(items, batch_size), 0, 0)
+        prepared = ordered_map(read, background(items, batch_size), 0, 0)
         yield from self._stream(prepared, batch_size, on_error)
 
     def _stream(self, prepared, batch_size: int, on_error) -> Iterator[SlicePrediction]:
-        """The classifier on every batch of ``batch_size`` slices, the U-Net on full batches of the slices at or
-        above the gate (gathered across classifier batches: one batch shape, no half-empty batches), predictions
+        """The detector on every batch of ``batch_size`` slices, the U-Net on full batches of the slices at or
+        above the gate (gathered across detector batches: one batch shape, no half-empty batches), predictions
         yielded in input order."""
         queue_: deque[_Slice] = deque()  # every slice not yet yielded, in input order
-        batch: list[_Slice] = []  # read, not yet classified
-        waiting: list[_Slice] = []  # classified, at or above the gate, not yet segmented
+        batch: list[_Slice] = []  # read, not yet scored by the detector
+        waiting: list[_Slice] = []  # scored, at or above the gate, not yet segmented
         for key, result in prepared:
             if isinstance(result, Exception):
                 if on_error is None:
@@ -324,7 +322,7 @@ class TumorPredictor:
                 continue
             batch.append(_Slice(key, *result))
             if len(batch) == batch_size:
-                waiting += self._classify(batch)
+                waiting += self._detect(batch)
                 queue_.extend(batch)
                 batch = []
                 # a full U-Net batch, or a queue grown long behind a waiting slice (memory stays flat)
@@ -333,14 +331,14 @@ class TumorPredictor:
                     waiting = waiting[batch_size:]
                 yield from self._ready(queue_)
         if batch:
-            waiting += self._classify(batch)
+            waiting += self._detect(batch)
             queue_.extend(batch)
         while waiting:
             self._segment(waiting[:batch_size])
             waiting = waiting[batch_size:]
         yield from self._ready(queue_)
 
-    def _classify(self, batch: list[_Slice]) -> list[_Slice]:
+    def _detect(self, batch: list[_Slice]) -> list[_Slice]:
         """Tumor probabilities of a batch; returns the slices the U-Net has to segment (the others are done)."""
         inputs = self.inputs([s.image for s in batch])
         probabilities = self.tumor_probabilities(inputs)
@@ -375,102 +373,3 @@ class _Slice:
     size: tuple[int, int]
     probability: float = 0.0
     mask: np.ndarray | None = None  # (W, H), set when the slice is done
-
-
-class _SliceFiles:
-    """Decode a slice file to ``(C, W, H)`` float32: TIFF/PNG/JPEG without MONAI, other formats with SliceLoader."""
-
-    def __init__(self) -> None:
-        self._loader = None
-        self._lock = threading.Lock()
-
-    def __call__(self, path) -> np.ndarray | torch.Tensor:
-        if slice_format(path) in PIXEL_FORMATS:
-            return read_slice_pixels(path)
-        with self._lock:  # built once, on the first DICOM or NIfTI file
-            if self._loader is None:
-                from bt_monai.data.readers import SliceLoader
-
-                self._loader = SliceLoader()
-        return self._loader(path).as_tensor()
-
-
-def _ordered_map(fn, items: Iterable[tuple[str, object]], workers: int, lookahead: int) -> Iterator[tuple[str, object]]:
-    """``(key, fn(item))`` in the order of ``items``, computed by ``workers`` threads up to ``lookahead`` ahead;
-    an exception raised by ``fn`` is yielded in place of its result. ``workers`` 0: in the caller's thread."""
-    if workers == 0:
-        for key, item in items:
-            try:
-                yield key, fn(item)
-            except Exception as e:
-                yield key, e
-        return
-    pending: deque = deque()
-    with ThreadPoolExecutor(workers, thread_name_prefix="bt_monai-decode") as pool:
-        try:
-            for key, item in items:
-                pending.append((key, pool.submit(fn, item)))
-                if len(pending) > lookahead:
-                    yield _result(*pending.popleft())
-            while pending:
-                yield _result(*pending.popleft())
-        finally:
-            for _, future in pending:  # the consumer stopped early: drop what was not started
-                future.cancel()
-
-
-def _result(key: str, future) -> tuple[str, object]:
-    try:
-        return key, future.result()
-    except Exception as e:
-        return key, e
-
-
-_DONE = object()
-
-
-def _background(items: Iterable, depth: int) -> Iterator:
-    """The items of ``items``, produced by a background thread at most ``depth`` ahead of the consumer.
-
-    An exception raised by the iterable itself is re-raised in the consumer; a consumer that stops early stops
-    the producer at its next item.
-    """
-    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        # never blocks for good: a consumer that stopped early takes nothing more
-        while not stop.is_set():
-            try:
-                buffer.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as e:  # handed over to the consumer
-            put(_Raised(e))
-
-    thread = threading.Thread(target=produce, name="bt_monai-arrays", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = buffer.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Raised):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-
-
-@dataclass
-class _Raised:
-    error: BaseException

@@ -2,18 +2,19 @@
 reports (:mod:`.summary`)."""
 
 from bt_monai.metrics.functional import (
-    classification_summary,
+    SEGMENTATION_METRICS,
     confusion_matrix,
+    detection_summary,
     dice_from_counts,
     iou_from_counts,
     patient_volume_counts,
     pixel_accuracy_from_counts,
     roc_auc,
     segmentation_counts,
+    segmentation_scores,
 )
 from bt_monai.metrics.metrics import (
-    SEGMENTATION_METRICS,
-    ClassificationMetric,
+    DetectionMetric,
     PatientVolumeMetric,
     SliceSegmentationMetric,
 )
@@ -24,15 +25,16 @@ __all__ = [
     "SliceResult",
     "summarize",
     "SEGMENTATION_METRICS",
-    "ClassificationMetric",
+    "DetectionMetric",
     "PatientVolumeMetric",
     "SliceSegmentationMetric",
-    "classification_summary",
     "confusion_matrix",
+    "detection_summary",
     "dice_from_counts",
     "iou_from_counts",
     "patient_volume_counts",
     "pixel_accuracy_from_counts",
     "roc_auc",
     "segmentation_counts",
+    "segmentation_scores",
 ]

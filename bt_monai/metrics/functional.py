@@ -23,13 +23,15 @@ import numpy as np
 import torch
 
 __all__ = [
+    "SEGMENTATION_METRICS",
     "segmentation_counts",
+    "segmentation_scores",
     "dice_from_counts",
     "iou_from_counts",
     "pixel_accuracy_from_counts",
     "patient_volume_counts",
     "confusion_matrix",
-    "classification_summary",
+    "detection_summary",
     "roc_auc",
 ]
 
@@ -72,6 +74,22 @@ def pixel_accuracy_from_counts(counts: torch.Tensor) -> torch.Tensor:
     return (counts[..., 0] + counts[..., 3]) / counts.sum(-1).clamp(min=1)
 
 
+SEGMENTATION_METRICS = {
+    "dice": dice_from_counts,
+    "iou": iou_from_counts,
+    "pixel_accuracy": pixel_accuracy_from_counts,
+}
+"""The per-slice segmentation metrics by name: ``name -> f(counts (..., 4)) -> (...)``, each in ``[0, 1]``."""
+
+
+def segmentation_scores(counts: torch.Tensor) -> dict[str, float]:
+    """Dice, IoU and pixel accuracy (:data:`SEGMENTATION_METRICS`, in that order) of one slice's ``(4,)`` counts.
+
+    Each in ``[0, 1]``; both masks empty scores 1 (Dice, IoU). What a report's per-slice row shows.
+    """
+    return {name: float(metric(counts)) for name, metric in SEGMENTATION_METRICS.items()}
+
+
 def patient_volume_counts(counts: torch.Tensor, patient_ids: Sequence[str]) -> dict[str, torch.Tensor]:
     """Pool per-slice ``(N, 4)`` counts into one ``(4,)`` row per patient (insertion order kept)."""
     if len(patient_ids) != len(counts):
@@ -93,11 +111,12 @@ def _safe(numerator: float, denominator: float) -> float:
     return float(numerator) / float(denominator) if denominator else math.nan
 
 
-def classification_summary(
+def detection_summary(
     probabilities: Sequence[float], labels: Sequence[int], threshold: float = 0.5
 ) -> dict[str, float | list[list[int]]]:
-    """accuracy, sensitivity, specificity, precision, f1, roc_auc (with ``roc_auc_undefined_reason`` when it is
-    NaN) and the confusion matrix."""
+    """Slice-level detection metrics of tumor ``probabilities`` in ``[0, 1]`` against 0/1 ``labels``: accuracy,
+    sensitivity, specificity, precision, f1, roc_auc (with ``roc_auc_undefined_reason`` when it is NaN) and the
+    confusion matrix."""
     (tn, fp), (fn, tp) = confusion_matrix(probabilities, labels, threshold)
     precision, sensitivity = _safe(tp, tp + fp), _safe(tp, tp + fn)
     f1 = _safe(2 * tp, 2 * tp + fp + fn)

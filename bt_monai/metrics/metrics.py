@@ -9,21 +9,13 @@ import torch
 from monai.metrics import Cumulative, CumulativeIterationMetric
 
 from bt_monai.metrics.functional import (
-    classification_summary,
-    dice_from_counts,
-    iou_from_counts,
+    SEGMENTATION_METRICS,
+    detection_summary,
     patient_volume_counts,
-    pixel_accuracy_from_counts,
     segmentation_counts,
 )
 
-__all__ = ["SEGMENTATION_METRICS", "SliceSegmentationMetric", "PatientVolumeMetric", "ClassificationMetric"]
-
-SEGMENTATION_METRICS = {
-    "dice": dice_from_counts,
-    "iou": iou_from_counts,
-    "pixel_accuracy": pixel_accuracy_from_counts,
-}
+__all__ = ["SEGMENTATION_METRICS", "SliceSegmentationMetric", "PatientVolumeMetric", "DetectionMetric"]
 
 
 class SliceSegmentationMetric(CumulativeIterationMetric):
@@ -96,7 +88,7 @@ class PatientVolumeMetric(Cumulative):
         return scores.mean() if scores.numel() else torch.tensor(float("nan"))
 
 
-class ClassificationMetric(CumulativeIterationMetric):
+class DetectionMetric(CumulativeIterationMetric):
     """One of accuracy, sensitivity, specificity, precision, f1, roc_auc over all buffered slices.
 
     ``y_pred``: tumor probabilities ``(B, 1)`` (or ``(B,)``), ``y``: 0/1 labels of the same length.
@@ -118,5 +110,5 @@ class ClassificationMetric(CumulativeIterationMetric):
         rows = self.get_buffer()
         if not isinstance(rows, torch.Tensor) or rows.numel() == 0:
             return torch.tensor(float("nan"))
-        summary = classification_summary(rows[:, 0].tolist(), rows[:, 1].round().int().tolist(), self.threshold)
+        summary = detection_summary(rows[:, 0].tolist(), rows[:, 1].round().int().tolist(), self.threshold)
         return torch.tensor(summary[self.metric_name])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bt_monai.metrics.functional import (
-    classification_summary,
+    detection_summary,
     dice_from_counts,
     iou_from_counts,
     pixel_accuracy_from_counts,
@@ -112,7 +112,7 @@ def worst_patients(slices: Sequence[SliceResult], per_patient: dict[str, dict], 
 
 
 def _detection(slices: Sequence[SliceResult], threshold: float) -> dict:
-    summary = classification_summary([s.tumor_probability for s in slices], [s.tumor_true for s in slices], threshold)
+    summary = detection_summary([s.tumor_probability for s in slices], [s.tumor_true for s in slices], threshold)
     return {**summary, "n_slices": len(slices), "threshold": threshold}
 
 
@@ -136,7 +136,7 @@ def _bootstrap(slices: Sequence[SliceResult], threshold: float, n: int, seed: in
     for _ in range(n):
         chosen = rng.integers(0, len(ids), len(ids))
         rows = np.concatenate([members[i] for i in chosen])
-        det = classification_summary(probability[rows], label[rows], threshold)
+        det = detection_summary(probability[rows], label[rows], threshold)
         tumor_rows = rows[has_tumor[rows]]
         values = {
             **{f"detection.{m}": det[m] for m in HEADLINE_METRICS["detection"]},

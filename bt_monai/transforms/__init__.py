@@ -3,6 +3,8 @@
 from bt_monai.utils.lazy import lazy_exports
 
 _EXPORTS = {
+    "AUGMENTATION": "bt_monai.transforms.functional",
+    "AugmentationRanges": "bt_monai.transforms.functional",
     "DEFAULT_INPUT_MODE": "bt_monai.transforms.functional",
     "FLAIR_CHANNEL": "bt_monai.transforms.functional",
     "INPUT_MODES": "bt_monai.transforms.functional",
@@ -14,11 +16,16 @@ _EXPORTS = {
     "GrayscaleToRGBd": "bt_monai.transforms.dictionary",
     "LoadSlice": "bt_monai.transforms.array",
     "LoadSliced": "bt_monai.transforms.dictionary",
+    "ProbabilityToMaskd": "bt_monai.transforms.dictionary",
     "RandBatchAugment": "bt_monai.transforms.batch",
     "RandSequenceDropout": "bt_monai.transforms.array",
     "RandSequenceDropoutd": "bt_monai.transforms.dictionary",
     "RemoveSmallComponents": "bt_monai.transforms.array",
     "RemoveSmallComponentsd": "bt_monai.transforms.dictionary",
+    "ResizeSlice": "bt_monai.transforms.array",
+    "ResizeSliced": "bt_monai.transforms.dictionary",
+    "ScalePercentiles": "bt_monai.transforms.array",
+    "ScalePercentilesd": "bt_monai.transforms.dictionary",
     "SelectInputChannels": "bt_monai.transforms.array",
     "SelectInputChannelsd": "bt_monai.transforms.dictionary",
     "SlicewisePreprocessd": "bt_monai.transforms.volume",

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bt_monai.transforms.array import FLAIR_CHANNEL
+from bt_monai.transforms.functional import AUGMENTATION as A
 
 __all__ = ["RandBatchAugment"]
 
@@ -30,24 +31,26 @@ class RandBatchAugment:
     only); with ``flip_prob`` a flip along the first spatial axis (as ``RandFlipd(spatial_axis=0)``); with
     ``rotate_prob`` a rotation up to ``rotate_degrees``; with ``zoom_prob`` a zoom in ``zoom_range`` (zeros
     outside the image); then intensity scale ``1 + U(-scale, scale)``, shift ``U(-shift, shift)`` and gamma
-    (``RandAdjustContrast``) with their probabilities. Random numbers come from torch's global generator, so
-    ``monai.utils.set_determinism`` makes a run repeatable.
+    (``RandAdjustContrast``) with their probabilities. The defaults are
+    :data:`bt_monai.transforms.functional.AUGMENTATION`, the ranges :func:`bt_monai.transforms.train_augmentations`
+    draws from too. Random numbers come from torch's global generator, so ``monai.utils.set_determinism`` makes
+    a run repeatable.
     """
 
     def __init__(
         self,
         sequence_dropout: float = 0.0,
-        flip_prob: float = 0.5,
-        rotate_prob: float = 0.5,
-        rotate_degrees: float = 15.0,
-        zoom_prob: float = 0.5,
-        zoom_range: tuple[float, float] = (0.9, 1.1),
-        scale_prob: float = 0.5,
-        scale: float = 0.1,
-        shift_prob: float = 0.5,
-        shift: float = 0.05,
-        gamma_prob: float = 0.3,
-        gamma_range: tuple[float, float] = (0.8, 1.25),
+        flip_prob: float = A.flip_prob,
+        rotate_prob: float = A.rotate_prob,
+        rotate_degrees: float = A.rotate_degrees,
+        zoom_prob: float = A.zoom_prob,
+        zoom_range: tuple[float, float] = A.zoom_range,
+        scale_prob: float = A.scale_prob,
+        scale: float = A.scale,
+        shift_prob: float = A.shift_prob,
+        shift: float = A.shift,
+        gamma_prob: float = A.gamma_prob,
+        gamma_range: tuple[float, float] = A.gamma_range,
         flair_channel: int = FLAIR_CHANNEL,
     ) -> None:
         for name, p in (

@@ -9,19 +9,26 @@ slice and ``(B, C, W, H)`` for a batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from bt_monai.transforms.modes import DEFAULT_INPUT_MODE, FLAIR_CHANNEL, INPUT_MODES
 
 __all__ = [
     "FLAIR_CHANNEL",
     "INPUT_MODES",
     "DEFAULT_INPUT_MODE",
     "UPPER_PERCENTILE",
+    "INTERPOLATION_MODES",
+    "AugmentationRanges",
+    "AUGMENTATION",
     "input_channels",
     "select_input_channels",
     "grayscale_to_rgb",
+    "resize_images",
     "resize_slice",
     "percentiles",
     "scale_percentiles",
@@ -37,17 +44,45 @@ __all__ = [
 SPATIAL_SIZE = (224, 224)
 """The networks' input size (the original design's 224x224)."""
 
-FLAIR_CHANNEL = 1
-"""Index of FLAIR in the LGG TIFFs' three channels (0 pre-contrast, 1 FLAIR, 2 post-contrast)."""
-
-INPUT_MODES = {"flair": (FLAIR_CHANNEL,), "all": (0, 1, 2)}
-"""Named input channel selections: ``flair`` (one grayscale image) or ``all`` three sequences as RGB."""
-
-DEFAULT_INPUT_MODE = "all"
-"""The input the shipped models were trained with (a grayscale slice, e.g. DICOM, is FLAIR in any mode)."""
 
 UPPER_PERCENTILE = 99.9
 """Each channel is scaled from its minimum (0th percentile) to this percentile, then clipped to [0, 1]."""
+
+INTERPOLATION_MODES = ("bilinear", "nearest")
+"""The resize modes: bilinear for images and probabilities, nearest for masks."""
+
+
+@dataclass(frozen=True)
+class AugmentationRanges:
+    """The training augmentations' probabilities and ranges, drawn independently for every sample.
+
+    One definition for both implementations: the per-sample MONAI transforms
+    (:func:`bt_monai.transforms.train_augmentations`) and the per-batch ones
+    (:class:`bt_monai.transforms.RandBatchAugment`, the bundles' training path). Geometry moves image and mask
+    together; intensity touches the image only. Probabilities are in [0, 1].
+    """
+
+    flip_prob: float = 0.5
+    """Flip along the first spatial axis (left-right: MONAI's axis order puts the image column first)."""
+    rotate_prob: float = 0.5
+    rotate_degrees: float = 15.0
+    """Rotation by an angle drawn uniformly in ``[-rotate_degrees, rotate_degrees]``."""
+    zoom_prob: float = 0.5
+    zoom_range: tuple[float, float] = (0.9, 1.1)
+    """Zoom factor drawn uniformly in this range (zeros outside the image)."""
+    scale_prob: float = 0.5
+    scale: float = 0.1
+    """Intensity multiplied by ``1 + U(-scale, scale)``."""
+    shift_prob: float = 0.5
+    shift: float = 0.05
+    """Intensity shifted by ``U(-shift, shift)``."""
+    gamma_prob: float = 0.3
+    gamma_range: tuple[float, float] = (0.8, 1.25)
+    """Gamma (``RandAdjustContrast``) drawn uniformly in this range."""
+
+
+AUGMENTATION = AugmentationRanges()
+"""The ranges the shipped models were trained with."""
 
 
 def input_channels(mode: str | Sequence[int]) -> tuple[int, ...]:
@@ -85,14 +120,25 @@ def grayscale_to_rgb(img):
     return img.repeat(3, 1, 1) if isinstance(img, torch.Tensor) else np.repeat(img, 3, axis=0)
 
 
-def resize_slice(img: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of a ``(C, W, H)`` float tensor to ``size``, as MONAI's ``Resize`` (no anti-aliasing,
-    ``align_corners=False``; a slice already of that size is returned as float32 without interpolation)."""
+def resize_images(images: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize a batch ``(B, C, W, H)`` to ``(B, C, *size)`` float32, as MONAI's ``Resize`` computes it.
+
+    ``mode``: ``"bilinear"`` (``align_corners=False``) or ``"nearest"``; no anti-aliasing. Images already of that
+    size are returned as float32 without interpolation. Each image is interpolated independently: a batch gives
+    the values of its images resized one by one.
+    """
+    if mode not in INTERPOLATION_MODES:
+        raise ValueError(f"unknown resize mode {mode!r}: use one of {list(INTERPOLATION_MODES)}")
     size = tuple(int(s) for s in size)
-    img = img.float()
-    if tuple(img.shape[1:]) == size:
-        return img
-    return F.interpolate(img[None], size=size, mode="bilinear")[0]
+    images = images.float()
+    if tuple(images.shape[2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode=mode)
+
+
+def resize_slice(img: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
+    """:func:`resize_images` of one ``(C, W, H)`` slice: float32 ``(C, *size)``."""
+    return resize_images(img[None], size, mode)[0]
 
 
 def percentiles(values: torch.Tensor, q: float) -> torch.Tensor:
@@ -212,7 +258,7 @@ def probabilities_to_masks(
     masks: list[np.ndarray | None] = [None] * len(sizes)
     for size in dict.fromkeys(sizes):
         indices = [i for i, s in enumerate(sizes) if s == size]
-        resized = F.interpolate(maps[indices], size=size, mode="bilinear")[:, 0]
+        resized = resize_images(maps[indices], size)[:, 0]
         for i, mask in zip(indices, (resized >= threshold).numpy(), strict=True):
             masks[i] = remove_small_components(mask[None], min_component_px)[0]
     return masks

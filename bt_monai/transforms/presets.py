@@ -22,9 +22,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandZoomd,
-    Resized,
     ScaleIntensityRanged,
-    ScaleIntensityRangePercentilesd,
     Transform,
 )
 
@@ -33,9 +31,17 @@ from bt_monai.transforms.dictionary import (
     GrayscaleToRGBd,
     LoadSliced,
     RandSequenceDropoutd,
+    ResizeSliced,
+    ScalePercentilesd,
     SelectInputChannelsd,
 )
-from bt_monai.transforms.functional import DEFAULT_INPUT_MODE, SPATIAL_SIZE, UPPER_PERCENTILE
+from bt_monai.transforms.functional import (
+    AUGMENTATION,
+    DEFAULT_INPUT_MODE,
+    SPATIAL_SIZE,
+    UPPER_PERCENTILE,
+    AugmentationRanges,
+)
 
 __all__ = ["SPATIAL_SIZE", "slice_preprocessing", "train_augmentations"]
 
@@ -54,6 +60,10 @@ def slice_preprocessing(
     of 0s and 1s. ``input_mode`` is ``"all"`` (the default: pre-contrast, FLAIR, post-contrast as RGB),
     ``"flair"`` (FLAIR repeated as RGB) or explicit channel indices. ``load=False`` starts from already loaded
     channel-first images.
+
+    Resize and scaling are :class:`ResizeSliced` and :class:`ScalePercentilesd`, which compute MONAI's
+    ``Resized`` and ``ScaleIntensityRangePercentilesd`` values with the functions the predictor's streaming
+    path calls (:mod:`bt_monai.transforms.functional`); the resize is invertible (``Invertd``).
     """
     keys = [image_key] + ([mask_key] if mask_key else [])
     transforms: list[Transform] = [LoadSliced(keys)] if load else []
@@ -61,10 +71,8 @@ def slice_preprocessing(
     if mask_key:
         transforms.append(BinarizeMaskd(mask_key))
     transforms += [
-        Resized(keys, spatial_size, mode=["bilinear", "nearest"][: len(keys)]),
-        ScaleIntensityRangePercentilesd(
-            image_key, lower=0, upper=upper_percentile, b_min=0.0, b_max=1.0, clip=True, channel_wise=True
-        ),
+        ResizeSliced(keys, spatial_size, mode=["bilinear", "nearest"][: len(keys)]),
+        ScalePercentilesd(image_key, lower=0.0, upper=upper_percentile, b_min=0.0, b_max=1.0),
         GrayscaleToRGBd(image_key),
         EnsureTyped(keys, dtype=torch.float32, track_meta=True),
     ]
@@ -72,23 +80,36 @@ def slice_preprocessing(
 
 
 def train_augmentations(
-    image_key: str = "image", mask_key: str | None = None, sequence_dropout: float = 0.0
+    image_key: str = "image",
+    mask_key: str | None = None,
+    sequence_dropout: float = 0.0,
+    ranges: AugmentationRanges = AUGMENTATION,
 ) -> list[Transform]:
-    """Random transforms for training, applied after :func:`slice_preprocessing`.
+    """Random transforms for training, applied after :func:`slice_preprocessing`, one sample at a time.
 
-    Geometry (left-right flip, rotation up to 15 degrees, zoom 0.9-1.1) moves image and mask together;
+    The per-sample twin of :class:`bt_monai.transforms.RandBatchAugment` (the bundles' training path): the same
+    ``ranges`` (:class:`bt_monai.transforms.functional.AugmentationRanges`, by default the shipped models'),
+    probabilities and order. Geometry (left-right flip, rotation, zoom) moves image and mask together;
     intensity jitter (scale, shift, gamma) touches the image only and is clipped back to [0, 1].
     ``sequence_dropout`` > 0 adds :class:`RandSequenceDropoutd` for three-sequence input.
     """
     keys = [image_key] + ([mask_key] if mask_key else [])
     modes = ["bilinear", "nearest"][: len(keys)]
+    r = ranges
     transforms: list[Transform] = [
-        RandFlipd(keys, prob=0.5, spatial_axis=0),
-        RandRotated(keys, range_x=math.radians(15), prob=0.5, mode=modes, padding_mode="zeros"),
-        RandZoomd(keys, prob=0.5, min_zoom=0.9, max_zoom=1.1, mode=modes, padding_mode="constant"),
-        RandScaleIntensityd(image_key, factors=0.1, prob=0.5),
-        RandShiftIntensityd(image_key, offsets=0.05, prob=0.5),
-        RandAdjustContrastd(image_key, gamma=(0.8, 1.25), prob=0.3),
+        RandFlipd(keys, prob=r.flip_prob, spatial_axis=0),
+        RandRotated(keys, range_x=math.radians(r.rotate_degrees), prob=r.rotate_prob, mode=modes, padding_mode="zeros"),
+        RandZoomd(
+            keys,
+            prob=r.zoom_prob,
+            min_zoom=r.zoom_range[0],
+            max_zoom=r.zoom_range[1],
+            mode=modes,
+            padding_mode="constant",
+        ),
+        RandScaleIntensityd(image_key, factors=r.scale, prob=r.scale_prob),
+        RandShiftIntensityd(image_key, offsets=r.shift, prob=r.shift_prob),
+        RandAdjustContrastd(image_key, gamma=r.gamma_range, prob=r.gamma_prob),
         ScaleIntensityRanged(image_key, a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
     ]
     if sequence_dropout > 0:

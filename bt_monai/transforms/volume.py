@@ -63,7 +63,8 @@ class SlicewisePreprocessd(MapTransform):
 class SlicewiseToMaskd(MapTransform):
     """Per-slice probabilities ``(1, w, h, D)`` to a uint8 0/1 mask ``(1, W, H, D)`` on the source volume's grid.
 
-    Each slice goes through :func:`probability_to_mask` (the predictor's resize, threshold and cleaning);
+    Each slice goes through :func:`probability_to_mask` (the predictor's resize, threshold and cleaning, as
+    :class:`bt_monai.transforms.ProbabilityToMaskd` for a single slice);
     the result takes the metadata (affine, file name) of ``ref_key``, the :class:`SlicewisePreprocessd` image,
     so ``SaveImaged`` writes it over the source series.
     """

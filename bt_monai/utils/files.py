@@ -23,10 +23,12 @@ from typing import IO
 __all__ = [
     "atomic_write",
     "atomic_write_bytes",
+    "file_stamp",
     "inside",
     "is_temporary",
     "make_temporary_dir",
     "printable",
+    "relative_path",
     "remove_stale_temporaries",
     "replace_folder",
     "safe_name",
@@ -49,9 +51,39 @@ def safe_name(text: str, max_length: int = 80) -> str:
     return text.strip("._-")[:max_length].rstrip("._-")
 
 
+def file_stamp(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(size in bytes, modification time in ns)`` of a file, or None when it cannot be read (gone, no access).
+
+    What tells a file changed since it was last seen (an edit changes either), without reading it: ``infer``
+    resumes only slices whose stamp is the one its progress journal recorded, the MONAI Label ranking keeps a
+    cached probability only while the stamp holds.
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
 def inside(path: Path, folder: Path) -> bool:
     """Whether ``path`` resolves to a place inside ``folder``."""
     return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def relative_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """How reports name an input file: ``path`` relative to the input ``root``, with ``/`` separators.
+
+    ``root`` may be the file itself (one slice given as INPUT): its name. A path outside ``root`` is given whole
+    rather than failing: a report names every file it lists. Lexical only (no file system access, no symlink
+    resolution): a file found through a symlinked folder keeps the path it was found by.
+    """
+    path, root = Path(path), Path(root)
+    if path == root:
+        return path.name
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def printable(cell):

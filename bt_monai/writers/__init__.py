@@ -1,4 +1,5 @@
-"""Output formats, one home for them: DICOM SEG and SR, NIfTI masks, PNG masks and overlays, evaluation reports.
+"""Output formats, one home for them: DICOM SEG and SR, NIfTI masks, PNG masks and overlays, evaluation reports,
+the list of skipped inputs (``skipped.csv``).
 
 Writers may use :mod:`bt_monai.utils` and :mod:`bt_monai.data`, never the apps, inferers or handlers. Heavy
 libraries (highdicom, nibabel, PIL, scipy, matplotlib) are imported inside the functions: importing this package
@@ -16,6 +17,7 @@ _EXPORTS = {
     "seg_bytes": "bt_monai.writers.seg",
     "sr_bytes": "bt_monai.writers.sr",
     "write_mask_png": "bt_monai.writers.masks",
+    "write_skipped": "bt_monai.writers.skipped",
 }
 
 __all__ = list(_EXPORTS)

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 import bt_monai
-from bt_monai.metrics import SliceResult, dice_from_counts, iou_from_counts, pixel_accuracy_from_counts, summarize
+from bt_monai.metrics import SEGMENTATION_METRICS, SliceResult, dice_from_counts, segmentation_scores, summarize
 from bt_monai.utils import atomic_write_bytes, printable, write_csv
 from bt_monai.writers.overlays import overlay_rgb
+from bt_monai.writers.skipped import write_skipped
 
 __all__ = ["FIGURES", "write_figures", "write_html", "write_report"]
 
@@ -95,8 +96,8 @@ def _dice_distribution(output: Path, per_patient: dict) -> None:
 
 def _overlay_rows(output: Path, name: str, rows: Sequence[tuple[str, str, str]], predictor, empty: str) -> None:
     """One figure row per ``(title, slice path, caption)``: the slice, then truth (green) and prediction (red)."""
-    from bt_monai.data import mask_path_for
-    from bt_monai.transforms import BinarizeMask, LoadSlice
+    from bt_monai.data import load_truth_mask, mask_path_for
+    from bt_monai.transforms import LoadSlice
 
     fig = _figure(figsize=(6.4, 3.2 * max(1, len(rows))))
     axes = fig.subplots(max(1, len(rows)), 2, squeeze=False)
@@ -107,7 +108,7 @@ def _overlay_rows(output: Path, name: str, rows: Sequence[tuple[str, str, str]],
     for row, (title, path, caption) in enumerate(rows):
         image = load(path)
         gray = image[1 if image.shape[0] >= 3 else 0].numpy().T
-        truth = BinarizeMask()(load(mask_path_for(path)))[0].numpy().T > 0
+        truth = load_truth_mask(mask_path_for(path), load)
         pred = predictions[path].mask > 0
         overlay = overlay_rgb(gray, prediction=pred, truth=truth, window="max")
         axes[row, 0].imshow(gray, cmap="gray")
@@ -242,14 +243,14 @@ def write_report(
     atomic_write_bytes(output / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     slice_columns = [
         "patient_id", "slice_index", "path", "tumor_true", "tumor_probability", "tumor_pred",
-        "dice", "iou", "pixel_accuracy", "true_area_px", "pred_area_px",
+        *SEGMENTATION_METRICS, "true_area_px", "pred_area_px",
     ]  # fmt: skip
     rows = []
     for s in slices:
-        c = s.counts
+        scores = segmentation_scores(s.counts)  # dice, iou, pixel_accuracy: the metrics' own definitions
         rows.append(
             [s.patient_id, s.slice_index, s.path, s.tumor_true, f"{s.tumor_probability:.6f}", s.tumor_pred]
-            + [f"{float(f(c)):.6f}" for f in (dice_from_counts, iou_from_counts, pixel_accuracy_from_counts)]
+            + [f"{scores[name]:.6f}" for name in SEGMENTATION_METRICS]
             + [s.tp + s.fn, s.tp + s.fp]
         )
     write_csv(output / "per_slice.csv", slice_columns, rows)
@@ -259,8 +260,7 @@ def write_report(
         patient_columns,
         [["" if p[k] is None else p[k] for k in patient_columns] for p in per_patient.values()],
     )
-    if skipped:
-        write_csv(output / "skipped.csv", ("path", "reason"), skipped)
+    write_skipped(output, skipped)  # always, header only when nothing was skipped
     write_figures(output, slices, per_patient, metrics, predictor)
     write_html(output, metrics, per_patient)
     return metrics

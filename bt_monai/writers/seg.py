@@ -9,6 +9,7 @@ import numpy as np
 
 from bt_monai import __version__
 from bt_monai.utils import quiet_loggers
+from bt_monai.writers.derived import derived_series_number
 
 if TYPE_CHECKING:
     from bt_monai.data.dicom import DicomFrame, DicomSeries
@@ -91,10 +92,6 @@ def _segmentation(series: DicomSeries, sources: list, array: np.ndarray, descrip
 
     import highdicom as hd
 
-    try:
-        source_number = abs(int(series.attributes.get("SeriesNumber") or 0))
-    except ValueError:
-        source_number = 0
     with quiet_loggers("highdicom", "pydicom", ignore_warnings=False):
         seg = hd.seg.Segmentation(
             source_images=sources,
@@ -102,7 +99,7 @@ def _segmentation(series: DicomSeries, sources: list, array: np.ndarray, descrip
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[description],
             series_instance_uid=uids[0],
-            series_number=min(1000 + source_number, 2**31 - 1),  # beside its source series in viewers
+            series_number=derived_series_number(series.attributes, "seg"),  # beside its source series in viewers
             sop_instance_uid=uids[1],
             instance_number=1,
             manufacturer="bt_monai",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from bt_monai import __version__
 from bt_monai.utils import derived_uid, quiet_loggers
+from bt_monai.writers.derived import derived_series_number
 from bt_monai.writers.seg import ALGORITHM, source_headers
 
 if TYPE_CHECKING:
@@ -138,16 +139,12 @@ def sr_bytes(
         imaging_measurements=[_group(values, sources, seg_ds, uids, algorithm_id)],
         title=codes.DCM.ImagingMeasurementReport,
     )
-    try:
-        source_number = abs(int(series.attributes.get("SeriesNumber") or 0))
-    except ValueError:
-        source_number = 0
     with quiet_loggers("highdicom", "pydicom", ignore_warnings=False):
         sr = hd.sr.Comprehensive3DSR(
             evidence=sources + ([seg_ds] if seg_ds is not None else []),
             content=report,
             series_instance_uid=uids[0],
-            series_number=min(2000 + source_number, 2**31 - 1),  # beside its source series (and SEG, 1000 + n)
+            series_number=derived_series_number(series.attributes, "sr"),  # beside its source (and its SEG)
             sop_instance_uid=uids[1],
             instance_number=1,
             manufacturer="bt_monai",

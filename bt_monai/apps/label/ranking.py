@@ -17,18 +17,11 @@ import torch
 
 from bt_monai.bundle import locate_bundle
 from bt_monai.inferers import TumorPredictor
+from bt_monai.utils import file_stamp
 
 __all__ = ["TumorProbabilityRanker"]
 
 logger = logging.getLogger(__name__)
-
-
-def _stamp(path: str | os.PathLike) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
 
 
 class TumorProbabilityRanker:
@@ -62,7 +55,7 @@ class TumorProbabilityRanker:
 
     def predictor(self) -> TumorPredictor:
         """The predictor, (re)built when the detection weights file is new or changed."""
-        stamp = _stamp(self.weights)
+        stamp = file_stamp(self.weights)
         if self._predictor is None or stamp != self._weights_stamp:
             self._predictor = self.predictor_factory()
             self._weights_stamp = stamp
@@ -74,7 +67,7 @@ class TumorProbabilityRanker:
         paths = [str(p) for p in paths]
         with self._lock:
             predictor = self.predictor()
-            stamps = {p: _stamp(p) for p in paths}
+            stamps = {p: file_stamp(p) for p in paths}
             todo = [p for p in paths if p not in self._cache or self._cache[p][0] != stamps[p]]
             for start in range(0, len(todo), self.batch_size):
                 batch = []
