@@ -15,7 +15,7 @@ import torch
 
 from bt_monai.__main__ import main
 from bt_monai.apps.evaluate import evaluate_dataset
-from bt_monai.inferers import SlicePrediction
+from bt_monai.inferers import PredictorSettings, SlicePrediction
 from bt_monai.networks import MobileNetV2Classifier, MobileNetV2UNet
 from bt_monai.writers.report import FIGURES
 
@@ -41,6 +41,7 @@ class ScriptedPredictor:
 
     threshold = detection_threshold = 0.5
     input_mode = "all"
+    settings = PredictorSettings()
 
     def __init__(self, answers: dict[str, tuple[np.ndarray, float]]):
         self.answers = answers

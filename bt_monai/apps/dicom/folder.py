@@ -69,8 +69,8 @@ def infer_dicom(
             slices and the same predictor, i.e. the same :meth:`TumorPredictor.fingerprint`).
         anonymize: no PatientID / PatientName in the reports, nor in folder names (the SEG and SR keep the
             patient module of their source, as the standard requires).
-        provenance: what the models are (e.g. :func:`bt_monai.bundle.bundle_provenance`), for ``summary.json``;
-            its segmentation bundle's name and version are the algorithm the SEG and SR name.
+        provenance: what the models are (e.g. :meth:`bt_monai.inferers.TumorPredictor.provenance`), for
+            ``summary.json``; its segmentation bundle's name and version are the algorithm the SEG and SR name.
         series: a regular expression on SeriesDescription / ProtocolName choosing the series (default: per
             study the series naming FLAIR, else every MR series; see :func:`choose_series`).
         store_to: a DICOMweb URL (or server) to store each series' SEG and SR into (STOW-RS), in its study.

@@ -68,7 +68,7 @@ class DicomRun:
     root: Path  # the input folder (or the DICOMweb cache), which reported paths are relative to
     source: str  # what summary.json names as the input: the folder, or the server's URL
     options: dict  # the options summary.json records (the entry point's, batch size apart)
-    provenance: dict | None  # what the models are (bundle_provenance), for summary.json
+    provenance: dict | None  # what the models are (TumorPredictor.provenance()), for summary.json
     batch_size: int
     predictor_fingerprint: str  # a finished series is reused only for the same (in its reuse key)
     algorithm: tuple[str, str] = ALGORITHM  # (name, version) named by the SEG and the SR
@@ -131,7 +131,7 @@ def check_environment(series: str | None) -> re.Pattern | None:
 
 
 def _algorithm(provenance: dict | None) -> tuple[str, str]:
-    """(name, version) of the segmentation bundle (from :func:`bt_monai.bundle.bundle_provenance`)."""
+    """(name, version) of the segmentation bundle (from :meth:`bt_monai.inferers.TumorPredictor.provenance`)."""
     model = (provenance or {}).get("segmentation_model") or {}
     if not model.get("bundle"):
         return ALGORITHM
