@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import errno
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +168,83 @@ def test_an_interrupted_command_exits_130_saying_how_to_continue(capsys):
 
     assert run_command(interrupted, None) == 130
     assert "run the same command again" in capsys.readouterr().err
+
+
+# --- operating-system errors: one message that names the file and what to do, exit status 2 ----------------
+
+OUT = "/data/out"
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", f"{OUT}/masks/x.png"),
+            f"writing {OUT}/masks/x.png: no space left on device; free space and run the same command again "
+            "(finished slices are kept)",
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied", f"{OUT}/masks/x.png"),
+            f"writing {OUT}/masks/x.png: permission denied; make the output folder writable for you (or choose "
+            "another) and run the same command again (finished slices are kept)",
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/data/in/P1/P1_3.tif"),
+            "reading /data/in/P1/P1_3.tif: permission denied; make it readable for you (or move it out of the "
+            "input) and run the same command again",
+        ),
+        (
+            PermissionError(errno.EPERM, "Operation not permitted", f"{OUT}/summary.json"),
+            f"writing {OUT}/summary.json: permission denied; make the output folder writable for you (or choose "
+            "another) and run the same command again (finished slices are kept)",
+        ),
+        (
+            OSError(errno.EROFS, "Read-only file system", f"{OUT}/predictions.csv"),
+            f"writing {OUT}/predictions.csv: read-only file system; choose an output folder on a writable disk and "
+            "run the same command again (finished slices are kept)",
+        ),
+        (  # a temporary is named as the file it was going to be
+            OSError(errno.ENOSPC, "No space left on device", f"{OUT}/.S1_MR_FLAIR.4711.a1b2.tmp/seg.dcm"),
+            f"writing {OUT}/S1_MR_FLAIR/seg.dcm: no space left on device; free space and run the same command "
+            "again (finished slices are kept)",
+        ),
+        (  # anything else: the system's words and the file
+            OSError(errno.EIO, "Input/output error", "/data/in/P1/P1_3.tif"),
+            "reading /data/in/P1/P1_3.tif: input/output error; fix that and run the same command again",
+        ),
+        (FileNotFoundError("input not found: /data/in"), "input not found: /data/in"),  # bt_monai's own words
+    ],
+    ids=[
+        "disk full",
+        "OUT not writable",
+        "input not readable",
+        "not permitted",
+        "read-only OUT",
+        "temporary",
+        "other",
+        "own message",
+    ],  # fmt: skip
+)
+def test_an_os_error_names_the_file_and_what_to_do_with_exit_status_2(error, message, capsys):
+    from bt_monai.apps.cli.exits import run_command
+
+    def failing(args):
+        raise error
+
+    args = argparse.Namespace(command="infer", output=OUT)
+    assert run_command(failing, args) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_an_os_error_of_a_command_that_does_not_resume_promises_nothing(capsys):
+    from bt_monai.apps.cli.exits import run_command
+
+    def failing(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/report/report.html")
+
+    assert run_command(failing, argparse.Namespace(command="evaluate", output="/data/report")) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "error: writing /data/report/report.html: no space left on device; free space and run the same "
+        "command again\n"
+    )

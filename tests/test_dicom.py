@@ -442,11 +442,11 @@ def test_hostile_attributes_cannot_escape_the_output_folder(tmp_path, lgg_root, 
 
 @pytest.mark.real_data
 def test_anonymize_keeps_patient_name_and_id_out_of_the_reports(tmp_path, lgg_root, predictor):
-    write_series(tmp_path / "in", [flair(lgg_root, 11).astype(np.uint16)], PatientID="PAT-4711", PatientName="Doe^Jane")
+    write_series(tmp_path / "in", [flair(lgg_root, 11).astype(np.uint16)], PatientID="PAT-QZXJ", PatientName="Doe^Jane")
     out = tmp_path / "out"
     run = infer_dicom(predictor, tmp_path / "in", out, anonymize=True)
     reports = (out / "predictions.csv").read_text() + (out / "summary.json").read_text() + "/".join(run.processed)
-    assert "4711" not in reports and "Doe" not in reports and "Jane" not in reports
+    assert "QZXJ" not in reports and "Doe" not in reports and "Jane" not in reports  # no digits: UIDs hold any
     assert "PatientID" not in read_predictions(out)[0]
 
 

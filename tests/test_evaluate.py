@@ -41,7 +41,7 @@ class ScriptedPredictor:
 
     threshold = detection_threshold = 0.5
     input_mode = "all"
-    settings = PredictorSettings()
+    settings = PredictorSettings(input_mode="all")  # what evaluate records in metrics.json
 
     def __init__(self, answers: dict[str, tuple[np.ndarray, float]]):
         self.answers = answers
@@ -194,10 +194,40 @@ def test_report_loads_in_a_headless_browser_without_errors(evaluated):
         page.goto((out / "report.html").as_uri())
         sizes = page.evaluate("[...document.images].map(i => [i.naturalWidth, i.naturalHeight])")
         title = page.title()
+        table = page.evaluate(PATIENT_TABLE)
         browser.close()
     assert errors == []
     assert len(sizes) == len(FIGURES) and all(w > 0 and h > 0 for w, h in sizes)
     assert title == "bt_monai evaluation report"
+    # TIFFs carry no spacing: no mm³ column at all, and no cell reads "undefined"
+    assert "true_volume_px" in table["head"] and not any("mm3" in name for name in table["head"])
+    assert len(table["rows"]) == 2 and all(len(row) == len(table["head"]) for row in table["rows"])
+    assert not any("undefined" in cell for row in table["rows"] for cell in row)
+
+
+# The per-patient table of report.html as the browser shows it: its column names and its rows of cell texts.
+PATIENT_TABLE = """() => {
+    const table = [...document.querySelectorAll("h2")].find(h => h.textContent === "Per patient").nextElementSibling;
+    return {
+        head: [...table.querySelectorAll("th")].map(c => c.textContent),
+        rows: [...table.querySelectorAll("tbody tr")].map(r => [...r.querySelectorAll("td")].map(c => c.textContent)),
+    };
+}"""
+
+
+def test_a_patient_without_spacing_shows_a_dash_in_the_mm3_columns(tmp_path):
+    from bt_monai.writers.report import write_html
+
+    volumes = {"P1": (20, 32, 0.5), "P2": (4, 0, None)}  # P2's slices carry no spacing (a TIFF beside DICOM)
+    per_patient = {
+        pid: {"patient_id": pid, "true_volume_px": t, "true_volume_mm3": None if mm3 is None else t * mm3}
+        for pid, (t, _, mm3) in volumes.items()
+    }
+    write_html(tmp_path, {"evaluated": {"threshold": 0.5}}, per_patient)
+    page = (tmp_path / "report.html").read_text()
+    table = page[page.index("<h2>Per patient</h2>") :]
+    assert "<th>true_volume_mm3</th>" in table and "undefined" not in table
+    assert "<td>P1</td><td>20</td><td>10.0000</td>" in table and "<td>P2</td><td>4</td><td>&ndash;</td>" in table
 
 
 def test_cli_evaluates_with_given_weights_and_prints_a_summary(tmp_path, capsys):

@@ -430,6 +430,28 @@ def test_store_to_sends_the_results_of_a_folder_into_their_study(orthanc, basic_
     assert _sr_values(sr)["Volume"] == pytest.approx(entry["tumor_volume_mm3"], abs=5e-4)
 
 
+def test_a_study_with_messy_headers_gets_its_seg_and_sr_back(orthanc, basic_auth, pacs_tools, tmp_path, lgg_root):
+    """What a hospital's export carries: dashes in StudyDate, an anonymizer's birth date, no frame of reference."""
+    from test_dicom_headers import ABSENT, messy_series
+
+    images = [flair(lgg_root, n).astype(np.uint16) * 16 for n in (11, 13)]
+    change = {"PatientID": "MESSY-1", "StudyDate": "2001-01-01", "PatientBirthDate": "00000000"}
+    series = messy_series(tmp_path / "src", images, {**change, "FrameOfReferenceUID": ABSENT})
+    for path in series["paths"]:
+        orthanc.upload(path)
+    study, out = series["StudyInstanceUID"], tmp_path / "out"
+    assert _infer(orthanc.url, out, "--study", study, "--store") == 0
+    (seg_series,) = orthanc.series(study, "SEG")
+    (sr_series,) = orthanc.series(study, "SR")
+    (seg,) = orthanc.instances(study, seg_series)
+    (sr,) = orthanc.instances(study, sr_series)
+    for stored in (seg, sr):
+        errors, _ = _dciodvfy(pacs_tools, stored, tmp_path)
+        assert errors == [] and stored.StudyDate == "20010101" and stored.PatientBirthDate == ""
+    repairs = {r["attribute"]: r["action"] for r in _entry(out, series["SeriesInstanceUID"])["header_repairs"]}
+    assert repairs == {"StudyDate": "repaired", "PatientBirthDate": "emptied", "FrameOfReferenceUID": "derived"}
+
+
 def test_store_needs_a_dicomweb_input(studies, tmp_path, capsys):
     assert _infer(str(studies["src"]), tmp_path / "out", "--store") == 2
     assert "--store-to URL" in capsys.readouterr().err

@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "file_stamp",
+    "final_path",
     "inside",
     "is_temporary",
     "make_temporary_dir",
@@ -118,9 +119,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", fsync: bool = False)
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and (e.filename is None or e.filename == tmp):
+            e.filename = str(path)  # a full disk fails the write itself, which names no file: name the target
         raise
+
+
+def final_path(path: str | os.PathLike) -> str:
+    """``path`` with each temporary folder or file of :func:`atomic_write` / :func:`make_temporary_dir` in it
+    named as its target: where the file was going (``OUT/.x.png.12.ab.tmp`` -> ``OUT/x.png``), for messages."""
+    parts = [(m["name"] if (m := _TEMPORARY.match(part)) else part) for part in Path(path).parts]
+    return str(Path(*parts)) if parts else str(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> None:

@@ -15,6 +15,7 @@ _EXPORTS = {
     "overlay_png": "bt_monai.writers.overlays",
     "overlay_rgb": "bt_monai.writers.overlays",
     "seg_bytes": "bt_monai.writers.seg",
+    "source_headers": "bt_monai.writers.derived",
     "sr_bytes": "bt_monai.writers.sr",
     "write_mask_png": "bt_monai.writers.masks",
     "write_skipped": "bt_monai.writers.skipped",

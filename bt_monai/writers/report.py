@@ -162,6 +162,18 @@ def _table(rows: Sequence[Sequence], header: Sequence[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _patient_table(per_patient: dict) -> str:
+    """The per-patient table: a column no patient has a value for (the mm³ of TIFFs, which carry no spacing)
+    is left out, and a missing value in another column shows as a dash (not "undefined", a metric's word)."""
+    columns = [c for c in next(iter(per_patient.values()), {}) if any(p[c] is not None for p in per_patient.values())]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join("<td>&ndash;</td>" if p[c] is None else f"<td>{_fmt(p[c])}</td>" for c in columns) + "</tr>"
+        for p in per_patient.values()
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def write_html(output: Path, metrics: dict, per_patient: dict) -> None:
     """``report.html``: tables and figures (embedded as data URIs) in one page that needs no network."""
     ci = metrics.get("confidence_intervals", {})
@@ -179,7 +191,6 @@ def write_html(output: Path, metrics: dict, per_patient: dict) -> None:
         for name, title in FIGURES.items()
         if (output / name).is_file()
     )
-    patients = [list(p.values()) for p in per_patient.values()]
     evaluated = json.dumps(metrics.get("evaluated", {}), indent=2)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>bt_monai evaluation report</title>
@@ -201,7 +212,7 @@ Intervals: 95%, bootstrap over patients. Research use only, not for diagnosis.</
 <h2>Figures</h2>
 {figures}
 <h2>Per patient</h2>
-{_table(patients, list(next(iter(per_patient.values()))) if per_patient else [])}
+{_patient_table(per_patient)}
 <h2>What was evaluated</h2>
 <pre>{html.escape(evaluated)}</pre>
 </body></html>

@@ -3,50 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bt_monai import __version__
 from bt_monai.utils import quiet_loggers
-from bt_monai.writers.derived import derived_series_number
+from bt_monai.writers.derived import SourceHeaders, derived_description, derived_series_number, source_headers
 
 if TYPE_CHECKING:
     from bt_monai.data.dicom import DicomFrame, DicomSeries
 
-__all__ = ["ALGORITHM", "seg_bytes", "source_headers"]
+__all__ = ["ALGORITHM", "seg_bytes"]
 
 ALGORITHM = ("bt_monai MobileNetV2 U-Net", __version__)  # (name, version) when the caller names no bundle
 
-# Type 2 attributes (present, possibly empty) of the modules a SEG copies from its source; some exports omit them.
-_TYPE2_FOR_SEG = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "AccessionNumber",
-    "StudyID",
-)
 
-
-def source_headers(frames: list[DicomFrame]) -> dict[Path, object]:
-    """The headers of the instances of ``frames`` (each once), with the Type 2 attributes a SEG or SR copies."""
-    import pydicom
-
-    paths = list(dict.fromkeys(f.path for f in frames))
-    with quiet_loggers("pydicom", ignore_warnings=False):
-        headers = {p: pydicom.dcmread(p, stop_before_pixels=True) for p in paths}
-    for header in headers.values():
-        for keyword in _TYPE2_FOR_SEG:
-            if keyword not in header:
-                setattr(header, keyword, "")
-    return headers
-
-
-def _pixel_array(headers: dict, frames: list[DicomFrame], masks: list[np.ndarray]) -> tuple[np.ndarray, list]:
+def _pixel_array(
+    headers: dict[Path, Any], frames: list[DicomFrame], masks: list[np.ndarray]
+) -> tuple[np.ndarray, list]:
     """The SEG's boolean ``(frames, rows, columns)`` array and its source datasets, one per array frame.
 
     Single-frame sources: one frame per mask. A multi-frame source: one frame per source frame (frames not
@@ -86,7 +61,14 @@ def _segment_description(algorithm: tuple[str, str]):
     )
 
 
-def _segmentation(series: DicomSeries, sources: list, array: np.ndarray, description, uids: tuple[str, str]) -> bytes:
+def _segmentation(
+    series: DicomSeries,
+    headers: SourceHeaders,
+    sources: list,
+    array: np.ndarray,
+    description,
+    uids: tuple[str, str],
+) -> bytes:
     """The highdicom SEG of ``array`` over ``sources``, numbered beside its source series, as file bytes."""
     import io
 
@@ -108,8 +90,9 @@ def _segmentation(series: DicomSeries, sources: list, array: np.ndarray, descrip
             device_serial_number="none",
             content_label="TUMOR",
             content_description="Tumor segmentation, research use only",
+            contributing_equipment=headers.contributing_equipment(),  # what was derived, if anything
         )
-        seg.SeriesDescription = f"Tumor SEG {series.attributes.get('SeriesDescription', '')}".strip()[:64]
+        seg.SeriesDescription = derived_description("Tumor SEG", series.attributes, headers)
         buffer = io.BytesIO()
         seg.save_as(buffer)
     return buffer.getvalue()
@@ -121,11 +104,13 @@ def seg_bytes(
     masks: list[np.ndarray],
     uids: tuple[str, str] | None = None,
     algorithm: tuple[str, str] = ALGORITHM,
+    headers: SourceHeaders | None = None,
 ) -> bytes:
     """A DICOM SEG (binary, segment 1 "Tumor") of ``masks`` (``(H, W)`` 0/1, one per frame) over their sources.
 
     ``uids``: its (SeriesInstanceUID, SOPInstanceUID), new random ones by default; ``algorithm``: the
-    (name, version) the segment names as its algorithm.
+    (name, version) the segment names as its algorithm; ``headers``: the frames' source headers, made fit to
+    be copied (:func:`~bt_monai.writers.derived.source_headers`, read here by default).
 
     Single-frame sources: one referenced instance per predicted slice. A multi-frame source: one frame per
     source frame (frames not predicted are empty). Empty frames are omitted (highdicom keeps them all when
@@ -134,7 +119,7 @@ def seg_bytes(
     """
     import highdicom as hd  # first: without it, say so before reading any file
 
-    headers = source_headers(frames)
-    array, sources = _pixel_array(headers, frames, masks)
+    headers = headers or source_headers(frames)
+    array, sources = _pixel_array(headers.datasets, frames, masks)
     uids = uids or (hd.UID(), hd.UID())
-    return _segmentation(series, sources, array, _segment_description(algorithm), uids)
+    return _segmentation(series, headers, sources, array, _segment_description(algorithm), uids)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from bt_monai import __version__
 from bt_monai.utils import derived_uid, quiet_loggers
-from bt_monai.writers.derived import derived_series_number
-from bt_monai.writers.seg import ALGORITHM, source_headers
+from bt_monai.writers.derived import SourceHeaders, derived_description, derived_series_number, source_headers
+from bt_monai.writers.seg import ALGORITHM
 
 if TYPE_CHECKING:
     from bt_monai.data.dicom import DicomFrame, DicomSeries
@@ -109,19 +109,23 @@ def sr_bytes(
     seg: bytes | None,
     uids: tuple[str, str] | None = None,
     algorithm: tuple[str, str] = ALGORITHM,
+    headers: SourceHeaders | None = None,
 ) -> bytes:
     """A Comprehensive 3D SR (TID 1500) of ``values`` for the series' predicted ``frames``, as file bytes.
 
     ``seg``: the series' DICOM SEG (file bytes) when one was written, referenced by the measurements;
     ``uids``: the report's (SeriesInstanceUID, SOPInstanceUID), new random ones by default; ``algorithm``:
-    (name, version) of what made the measurements. Raises ``ImportError`` without highdicom.
+    (name, version) of what made the measurements; ``headers``: the frames' source headers, made fit to be
+    copied (:func:`~bt_monai.writers.derived.source_headers`, read here by default). Raises ``ImportError``
+    without highdicom.
     """
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
     uids = uids or (hd.UID(), hd.UID())
-    sources = list(source_headers(frames).values())
+    headers = headers or source_headers(frames)
+    sources = list(headers.datasets.values())
     seg_ds = None if seg is None else pydicom.dcmread(io.BytesIO(seg), stop_before_pixels=True)
     algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm[0], version=algorithm[1])
     device = hd.sr.DeviceObserverIdentifyingAttributes(
@@ -149,9 +153,10 @@ def sr_bytes(
             instance_number=1,
             manufacturer="bt_monai",
             is_complete=True,
+            contributing_equipment=headers.contributing_equipment(("StudyInstanceUID",)),  # the SR has no FoR
         )
         sr.CodingSchemeIdentificationSequence = [_private_scheme()]  # a "99" scheme is declared where it is used
-        sr.SeriesDescription = f"Tumor measurements {series.attributes.get('SeriesDescription', '')}".strip()[:64]
+        sr.SeriesDescription = derived_description("Tumor measurements", series.attributes, headers)
         buffer = io.BytesIO()
         sr.save_as(buffer)
     return buffer.getvalue()

@@ -40,6 +40,17 @@ def _dicom_options(args: argparse.Namespace) -> dict:
     }
 
 
+def _repairs_line(series: dict) -> str:
+    """One line for the header values a series' SEG and SR needed fixed (a warning when a UID was derived)."""
+    shown = []
+    for r in series["repairs"]:
+        change = {"repaired": f" -> {r['value']!r}", "derived": f": {r['value']}"}.get(r["action"], "")
+        original = f" {r['original']!r}" if r["original"] else ""
+        shown.append(f"{r['attribute']}{original} {r['action']}{change}")
+    level = "warning" if any(r["action"] == "derived" for r in series["repairs"]) else "note"
+    return f"{level}: {series['folder']}: source header values fixed for its SEG and SR: {'; '.join(shown)}"
+
+
 def _report_dicom(args: argparse.Namespace, run) -> int:
     """Print what a DICOM run did; the exit status: incomplete (1) when a study, a series or a store failed."""
     print(
@@ -48,11 +59,20 @@ def _report_dicom(args: argparse.Namespace, run) -> int:
     )
     for series in run.skipped_series:
         print(f"series {series['series_instance_uid']} skipped: {series['reason']}", file=sys.stderr)
+    for series in run.header_repairs:
+        print(_repairs_line(series), file=sys.stderr)
     for warning in run.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if run.skipped:
         print(f"{len(run.skipped)} file(s) skipped, reasons in {args.output}/skipped.csv", file=sys.stderr)
     status = ExitStatus.DONE
+    for series in run.failed_series:
+        print(
+            f"error: series {series['series_instance_uid']} ({series['folder']}): {series['reason']} (its masks "
+            f"and other outputs are written; see {args.output}/summary.json)",
+            file=sys.stderr,
+        )
+        status = ExitStatus.INCOMPLETE
     if run.stored:
         counts = {s: sum(1 for r in run.stored if r["status"] == s) for s in ("stored", "already stored")}
         print(f"stored {counts['stored']} object(s) (SEG, SR), {counts['already stored']} already on the server")

@@ -28,6 +28,11 @@ One module per step; they orchestrate: DICOM is read by :mod:`bt_monai.data.dico
 - :mod:`.reports`: ``predictions.csv``, ``summary.json``, ``skipped.csv`` (:func:`read_predictions`);
 - :mod:`.store`: storing the SEG and SR back into their studies (STOW-RS), without duplicates.
 
+The SEG and SR copy their source's patient, study and series attributes through one rule
+(:func:`bt_monai.writers.derived.source_headers`: values that break their VR are repaired, dropped or derived,
+and ``summary.json`` lists each change); a series whose SEG or SR still cannot be written is a failure of the
+run (``status`` "failed", ``skipped.csv``, exit status 1), and a re-run tries it again.
+
 The series processed are chosen by :func:`bt_monai.data.dicom.choose_series` (FLAIR by default). The SEG and SR
 get UIDs derived from the source series, its slices and the predictor's fingerprint, so the same inputs,
 weights and settings give the same objects, and storing them again creates no duplicate.

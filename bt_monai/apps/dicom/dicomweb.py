@@ -78,7 +78,11 @@ def _retrieve(run: DicomRun, server: DicomWebServer, chosen: list[dict], cache: 
 def _study_status(run: DicomRun, studies: list[str], chosen: list[dict], missing: dict[str, str]) -> None:
     """Whether each requested study was processed: found, and every chosen series of it done."""
     done = {e["series_instance_uid"] for e in run.entries if e["status"] in ("processed", "done earlier")}
-    reasons = {e["series_instance_uid"]: e.get("reason", "") for e in run.entries if e["status"] == "skipped"}
+    reasons = {
+        e["series_instance_uid"]: ("failed: " if e["status"] == "failed" else "not processed: ") + e.get("reason", "")
+        for e in run.entries
+        if e["status"] in ("skipped", "failed")
+    }
     for study in studies:
         entry = {"study_instance_uid": study}
         mine = [a["SeriesInstanceUID"] for a in chosen if a["StudyInstanceUID"] == study]
@@ -89,7 +93,7 @@ def _study_status(run: DicomRun, studies: list[str], chosen: list[dict], missing
         elif not mine:
             entry.update(status="incomplete", reason="no series to process (see the series of summary.json)")
         elif left:
-            entry.update(status="incomplete", reason=f"series {left[0]} not processed: {reasons.get(left[0], '')}")
+            entry.update(status="incomplete", reason=f"series {left[0]} {reasons.get(left[0], 'not processed: ')}")
         else:
             entry["status"] = "processed"
         entry["series"] = mine
@@ -142,6 +146,7 @@ def infer_dicomweb(
     }
     cache = Path(output).expanduser() / CACHE_FOLDER
     run = start_run(predictor, output, cache, server.url, options, batch_size, provenance)
+    run.series_label = lambda s: f"studies/{s.attributes.get('StudyInstanceUID', '')}/series/{s.uid}"  # as listed
     remove_stale_temporaries(cache, recursive=True)
     choice = choose_series(listed, pattern, all_modalities)
     for attributes, reason in choice.not_chosen:

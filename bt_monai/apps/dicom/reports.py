@@ -96,6 +96,7 @@ def write_reports(run: DicomRun, extra: dict) -> None:
         "series_processed": len(run.summary.processed),
         "series_done_earlier": len(run.summary.reused),
         "series_skipped": len(run.summary.skipped_series),
+        "series_failed": len(run.summary.failed_series),  # processed, but the SEG or SR could not be written
         "slices": run.summary.slices,
         "tumor_slices": run.summary.tumor_slices,
         "files_skipped": len(run.summary.skipped),

@@ -64,9 +64,14 @@ def finished_marker(folder: Path, reuse_key: dict) -> dict | None:
     """The marker of ``folder`` when an earlier run finished it with ``reuse_key`` (so it may be reused), else None.
 
     The marker holds the series' ``summary`` (its entry of ``summary.json``) and ``rows`` (of ``predictions.csv``).
+    A folder whose SEG or SR could not be written is never reused: a re-run tries them again (a fixed header
+    rule, highdicom installed since), and reports them again when they still fail.
     """
     marker = read_marker(folder) if folder.exists() else None
     if not marker or marker.get(MARKER_REUSE_KEY) != reuse_key or "rows" not in marker:
+        return None
+    outputs = marker.get("summary", {}).get("outputs", {})
+    if outputs.get("seg_error") or outputs.get("sr_error"):
         return None
     return marker
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from bt_monai import __version__
 from bt_monai.apps.dicom.naming import claim_folder_name
 from bt_monai.apps.dicom.reports import REPORTS, patient_cells, series_entry, write_reports
 from bt_monai.apps.dicom.resume import finished_marker, object_uids, publish_series, reuse_key_for
-from bt_monai.apps.dicom.series import SeriesJob, SeriesSkipped, process_series
+from bt_monai.apps.dicom.series import NO_HIGHDICOM, SeriesJob, SeriesSkipped, output_failure, process_series
 from bt_monai.apps.dicom.store import store_report, store_results
 from bt_monai.apps.dicom_input import is_own_output_dir
 from bt_monai.data.dicom import DicomScan, DicomSeries, compile_series_pattern, scan_dicom_folder
@@ -39,7 +40,9 @@ class DicomRunSummary:
     slices: int = 0
     tumor_slices: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # files: (path relative to INPUT, reason)
-    warnings: list[str] = field(default_factory=list)  # outputs that could not be written (e.g. a SEG)
+    warnings: list[str] = field(default_factory=list)  # outputs not written for want of highdicom
+    failed_series: list[dict] = field(default_factory=list)  # {"series_instance_uid", "folder", "reason"}
+    header_repairs: list[dict] = field(default_factory=list)  # {"folder", "series_instance_uid", "repairs"}
     studies: list[dict] = field(default_factory=list)  # DICOMweb input: {"study_instance_uid", "status", ...}
     stored: list[dict] = field(default_factory=list)  # --store / --store-to: one entry per SEG or SR
 
@@ -76,6 +79,7 @@ class DicomRun:
     entries: list[dict] = field(default_factory=list)  # the "series" of summary.json
     rows: list[dict] = field(default_factory=list)  # the rows of predictions.csv
     used: set[str] = field(default_factory=set)  # the series folder names this run has taken
+    series_label: Callable[[DicomSeries], str] | None = None  # how skipped.csv names a series (default: its folder)
 
     @property
     def anonymize(self) -> bool:
@@ -107,12 +111,35 @@ class DicomRun:
         self.skip_series(DicomSeries(uid, attributes.get("Modality", ""), attributes, []), reason)
         self.summary.skipped.append((f"studies/{attributes['StudyInstanceUID']}/series/{uid}", reason))
 
-    def record(self, series: DicomSeries, folder: str, status: str, summary: dict, rows: list[dict]) -> None:
-        """Add a series done (``status``: now or earlier) to the reports and the totals."""
-        self.entries.append({**series_entry(series, folder, self.anonymize), "status": status, **summary})
+    def fail_series(self, series: DicomSeries, folder: str, reason: str) -> None:
+        """Record a series whose SEG or SR could not be written: a failure of the run (summary.json, skipped.csv,
+        the exit status), although its other outputs are in its folder."""
+        self.summary.failed_series.append({"series_instance_uid": series.uid, "folder": folder, "reason": reason})
+        label = self.series_label(series) if self.series_label else _series_folder(series, self.root)
+        self.summary.skipped.append((label, f"series {series.uid}: {reason}"))
+
+    def record(
+        self, series: DicomSeries, folder: str, status: str, summary: dict, rows: list[dict], reason: str = ""
+    ) -> None:
+        """Add a series done (``status``: now, earlier, or failed with ``reason``) to the reports and the totals."""
+        entry = {**series_entry(series, folder, self.anonymize), "status": status}
+        if reason:
+            entry["reason"] = reason
+        entry.update(summary)
+        entry.setdefault("header_repairs", [])  # the markers of earlier versions have none
+        self.entries.append(entry)
         self.rows += [{**row, **patient_cells(series, self.anonymize)} for row in rows]
         self.summary.slices += summary["slices"]
         self.summary.tumor_slices += summary["tumor_slices"]
+
+
+def _series_folder(series: DicomSeries, root: Path) -> str:
+    """The folder holding a series' instances, relative to the input folder (``.``: the input folder itself)."""
+    common = Path(os.path.commonpath([str(p.parent) for p in series.instance_paths()]))
+    try:
+        return common.relative_to(root).as_posix()
+    except ValueError:  # one file given as INPUT, or a path outside it
+        return common.as_posix()
 
 
 # --- the start ----------------------------------------------------------------------------------------------
@@ -203,11 +230,18 @@ def _run_series(run: DicomRun, series: DicomSeries, progress: tqdm) -> None:
     except BaseException:
         shutil.rmtree(job.temporary, ignore_errors=True)
         raise
-    run.record(series, folder, "processed", summary, rows)
+    failure = output_failure(summary["outputs"])
+    run.record(series, folder, "failed" if failure else "processed", summary, rows, failure or "")
     run.summary.processed.append(folder)
+    if failure:
+        run.fail_series(series, folder, failure)
     for kind, key in (("DICOM SEG", "seg_error"), ("DICOM SR", "sr_error")):
-        if summary["outputs"].get(key):
-            run.summary.warnings.append(f"{folder}: no {kind}: {summary['outputs'][key]}")
+        if summary["outputs"].get(key) == NO_HIGHDICOM:  # an optional extra not installed: said, not a failure
+            run.summary.warnings.append(f"{folder}: no {kind}: {NO_HIGHDICOM}")
+    if summary["header_repairs"]:
+        run.summary.header_repairs.append(
+            {"folder": folder, "series_instance_uid": series.uid, "repairs": summary["header_repairs"]}
+        )
 
 
 def run_all(run: DicomRun, chosen: list[DicomSeries]) -> None:

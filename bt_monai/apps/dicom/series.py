@@ -17,9 +17,10 @@ from tqdm import tqdm
 from bt_monai.data.dicom import DicomFrame, DicomSeries, iter_frame_pixels, to_channel_first
 from bt_monai.inferers import TumorPredictor
 from bt_monai.utils import atomic_write_bytes, error_summary, relative_path
-from bt_monai.writers import TumorMeasurements, nifti_bytes, overlay_png, seg_bytes, sr_bytes
+from bt_monai.writers import TumorMeasurements, nifti_bytes, overlay_png, seg_bytes, source_headers, sr_bytes
+from bt_monai.writers.derived import SourceHeaders
 
-__all__ = ["NO_HIGHDICOM", "SeriesJob", "SeriesSkipped", "process_series", "series_summary"]
+__all__ = ["NO_HIGHDICOM", "SeriesJob", "SeriesSkipped", "output_failure", "process_series", "series_summary"]
 
 NO_HIGHDICOM = "highdicom is not installed (pip install 'bt_monai[dicom]')"
 
@@ -137,36 +138,68 @@ def _write_volumes(
         outputs["nifti"] = f"{job.folder}/mask.nii.gz"
         if affine_note:
             summary["notes"].append(affine_note)
+    headers = _source_headers(predicted)
+    summary["header_repairs"] = [r.as_dict() for r in headers.repairs] if headers else []
     outputs["seg"] = None
     seg = None
     if summary["tumor_area_px"] or always_seg:
         try:
-            seg = seg_bytes(job.series, predicted.frames, masks, job.uids["SEG"], job.algorithm)
-            atomic_write_bytes(job.temporary / "seg.dcm", seg)
-            outputs["seg"] = f"{job.folder}/seg.dcm"
+            seg = seg_bytes(job.series, predicted.frames, masks, job.uids["SEG"], job.algorithm, headers)
         except ImportError:
             outputs["seg_error"] = NO_HIGHDICOM
-        except Exception as e:  # a source the SEG standard cannot reference (no frame of reference, ...)
+        except OSError:  # the disk or a permission, not the series: the run stops and says what to do
+            raise
+        except Exception as e:  # a source the SEG standard cannot reference (no slice geometry, ...)
             outputs["seg_error"] = error_summary(e)
+        else:
+            atomic_write_bytes(job.temporary / "seg.dcm", seg)
+            outputs["seg"] = f"{job.folder}/seg.dcm"
     else:
         summary["notes"].append("no DICOM SEG: no tumor pixel found (--always-seg writes an empty one)")
-    outputs.update(_write_sr(job, predicted, summary, seg))
+    outputs.update(_write_sr(job, predicted, summary, seg, headers))
     return outputs
 
 
-def _write_sr(job: SeriesJob, predicted: DicomSeries, summary: dict, seg: bytes | None) -> dict:
+def _source_headers(predicted: DicomSeries) -> SourceHeaders | None:
+    """The series' source headers as the SEG and SR copy them (read once for both), or None when they cannot
+    be read: then each writer reads them itself and reports why it failed."""
+    try:
+        return source_headers(predicted.frames)
+    except OSError:
+        raise
+    except Exception:  # ImportError (no highdicom) included: the writers name it
+        return None
+
+
+def _write_sr(
+    job: SeriesJob, predicted: DicomSeries, summary: dict, seg: bytes | None, headers: SourceHeaders | None
+) -> dict:
     """Write the series' measurement report (the numbers of ``summary``); return its output entries."""
     values = TumorMeasurements(
         summary["tumor_volume_mm3"], summary["segmented_slices"], summary["largest_tumor_area_mm2"]
     )
     try:
-        report = sr_bytes(job.series, predicted.frames, values, seg, job.uids["SR"], job.algorithm)
+        report = sr_bytes(job.series, predicted.frames, values, seg, job.uids["SR"], job.algorithm, headers)
     except ImportError:
         return {"sr": None, "sr_error": NO_HIGHDICOM}
+    except OSError:
+        raise
     except Exception as e:  # a source the SR cannot reference
         return {"sr": None, "sr_error": error_summary(e)}
     atomic_write_bytes(job.temporary / "sr.dcm", report)
     return {"sr": f"{job.folder}/sr.dcm"}
+
+
+def output_failure(outputs: dict) -> str | None:
+    """Why a series processed failed (its SEG or SR could not be written), or None.
+
+    Not a failure: no SEG because no tumor pixel was found (a finding), nor because highdicom is not installed
+    (an optional extra, said in a warning).
+    """
+    for kind, key in (("DICOM SEG", "seg_error"), ("DICOM SR", "sr_error")):
+        if outputs.get(key) and outputs[key] != NO_HIGHDICOM:
+            return f"no {kind}: {outputs[key]}"
+    return None
 
 
 def process_series(

@@ -68,7 +68,7 @@ def store_results(entries: list[dict], output: Path, server: DicomWebServer) -> 
     their files under ``output``) into its source study on ``server``; one record per object (:func:`store_study`)."""
     by_study: dict[str, list[tuple[dict, str, Path]]] = {}
     for entry in entries:
-        if entry["status"] not in ("processed", "done earlier"):
+        if entry["status"] not in ("processed", "done earlier", "failed"):  # failed: what it has (its SR, say)
             continue
         for kind in ("SEG", "SR"):
             written = entry.get("outputs", {}).get(kind.lower())
