@@ -140,13 +140,19 @@ def test_the_readme_exit_status_table_is_the_code_table():
 
 
 def test_every_predictor_setting_with_a_flag_is_an_option_of_infer_and_evaluate():
+    """Of the commands it names: the reformat settings are infer's alone (DICOM series)."""
     from bt_monai.__main__ import build_parser
     from bt_monai.apps.cli.options import settings_changes
     from bt_monai.inferers import PredictorSettings
 
-    flagged = {name: spec for name, spec in PredictorSettings.specs() if spec.flag}
     examples = {"on": True, "0.3": 0.3, "7": 7, "flair": "flair", "cpu": "cpu"}
     for command in ("infer", "evaluate"):
+        flagged = {
+            name: spec
+            for name, spec in PredictorSettings.specs()
+            if spec.flag and (spec.commands is None or command in spec.commands)
+        }
+        assert ("axial_tolerance_deg" in flagged) == (command == "infer")
         argv = [command, "IN", "-o", "OUT"]
         expected = {}
         for name, spec in flagged.items():

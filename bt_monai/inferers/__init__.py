@@ -7,6 +7,7 @@ _EXPORTS = {
     "ModelBundles": "bt_monai.inferers.settings",
     "PredictorSettings": "bt_monai.inferers.settings",
     "SlicePrediction": "bt_monai.inferers.predictor",
+    "SliceProbabilities": "bt_monai.inferers.predictor",
     "TumorPredictor": "bt_monai.inferers.predictor",
     "autocast_dtype": "bt_monai.inferers.execution",
     "cpu_supports_bf16": "bt_monai.inferers.execution",

@@ -31,13 +31,14 @@ from bt_monai.inferers.settings import ModelBundles, PredictorSettings, predicto
 from bt_monai.transforms.functional import (
     UPPER_PERCENTILE,
     prepare_slice,
+    probabilities_to_cleaned_maps,
     probabilities_to_masks,
     probability_to_mask,
     scale_batch,
 )
 from bt_monai.utils.threads import background, ordered_map
 
-__all__ = ["SlicePrediction", "TumorPredictor"]
+__all__ = ["SlicePrediction", "SliceProbabilities", "TumorPredictor"]
 
 _SETTING_NAMES = frozenset(name for name, _ in PredictorSettings.specs())
 
@@ -62,6 +63,20 @@ class SlicePrediction:
     @property
     def tumor_area_px(self) -> int:
         return int(self.mask.sum())
+
+
+@dataclass
+class SliceProbabilities:
+    """Both models' answer for one slice, before the pixel threshold (:meth:`TumorPredictor.predict_probabilities`).
+
+    ``probabilities``: float32 ``(H, W)`` in [0, 1] at the slice's own size: the U-Net's, with every pixel the
+    predictor's mask rules clear set to 0 (not segmented below ``segment_gate``, removed components, gated
+    slices), so ``probabilities >= predictor.threshold`` is exactly the :class:`SlicePrediction` mask.
+    """
+
+    path: str
+    tumor_probability: float
+    probabilities: np.ndarray
 
 
 class TumorPredictor:
@@ -261,9 +276,10 @@ class TumorPredictor:
         return self._finish_mask(mask, tumor_probability)
 
     def _finish_mask(self, mask: np.ndarray, tumor_probability: float) -> np.ndarray:
+        # a (W, H) bool mask to (H, W) uint8, or a cleaned probability map to (H, W) float32; gated either way
         if self.gate_masks and tumor_probability < self.detection_threshold:
-            mask[:] = False
-        return np.ascontiguousarray(mask.T.astype(np.uint8))
+            mask[:] = 0
+        return np.ascontiguousarray(mask.T.astype(np.float32 if mask.dtype.kind == "f" else np.uint8))
 
     def predict_paths(
         self,
@@ -299,18 +315,34 @@ class TumorPredictor:
         the yielded :class:`SlicePrediction` (its ``path``) and in ``on_error``. Masks are ``(H, W)``. The
         iterable is consumed by a background thread (one batch ahead), so decoding overlaps the networks.
         """
+        yield from self._stream(self._prepared_arrays(images, batch_size), batch_size, on_error)
 
+    def predict_probabilities(
+        self,
+        images: Iterable[tuple[str, np.ndarray | torch.Tensor]],
+        batch_size: int = 16,
+        on_error: Callable[[str, Exception], None] | None = None,
+    ) -> Iterator[SliceProbabilities]:
+        """:meth:`predict_arrays`, stopping before the pixel threshold: one :class:`SliceProbabilities` per slice.
+
+        For slices whose masks are made elsewhere (a series reformatted to axial slices maps these back onto its
+        own grid and thresholds there), with the same networks, gates and cleaning.
+        """
+        prepared = self._prepared_arrays(images, batch_size)
+        for p in self._stream(prepared, batch_size, on_error, maps=True):
+            yield SliceProbabilities(p.path, p.tumor_probability, p.mask)
+
+    def _prepared_arrays(self, images, batch_size: int):
         def read(image) -> tuple[torch.Tensor, tuple[int, int]]:
             return self.prepare(image), tuple(int(s) for s in image.shape[1:])
 
         items = ((str(key), image) for key, image in images)
-        prepared = ordered_map(read, background(items, batch_size), 0, 0)
-        yield from self._stream(prepared, batch_size, on_error)
+        return ordered_map(read, background(items, batch_size), 0, 0)
 
-    def _stream(self, prepared, batch_size: int, on_error) -> Iterator[SlicePrediction]:
+    def _stream(self, prepared, batch_size: int, on_error, maps: bool = False) -> Iterator[SlicePrediction]:
         """The detector on every batch of ``batch_size`` slices, the U-Net on full batches of the slices at or
         above the gate (gathered across detector batches: one batch shape, no half-empty batches), predictions
-        yielded in input order."""
+        yielded in input order. ``maps``: each prediction's ``mask`` is its cleaned probability map instead."""
         queue_: deque[_Slice] = deque()  # every slice not yet yielded, in input order
         batch: list[_Slice] = []  # read, not yet scored by the detector
         waiting: list[_Slice] = []  # scored, at or above the gate, not yet segmented
@@ -322,23 +354,23 @@ class TumorPredictor:
                 continue
             batch.append(_Slice(key, *result))
             if len(batch) == batch_size:
-                waiting += self._detect(batch)
+                waiting += self._detect(batch, maps)
                 queue_.extend(batch)
                 batch = []
                 # a full U-Net batch, or a queue grown long behind a waiting slice (memory stays flat)
                 while len(waiting) >= batch_size or (waiting and len(queue_) > 4 * batch_size):
-                    self._segment(waiting[:batch_size])
+                    self._segment(waiting[:batch_size], maps)
                     waiting = waiting[batch_size:]
                 yield from self._ready(queue_)
         if batch:
-            waiting += self._detect(batch)
+            waiting += self._detect(batch, maps)
             queue_.extend(batch)
         while waiting:
-            self._segment(waiting[:batch_size])
+            self._segment(waiting[:batch_size], maps)
             waiting = waiting[batch_size:]
         yield from self._ready(queue_)
 
-    def _detect(self, batch: list[_Slice]) -> list[_Slice]:
+    def _detect(self, batch: list[_Slice], maps: bool = False) -> list[_Slice]:
         """Tumor probabilities of a batch; returns the slices the U-Net has to segment (the others are done)."""
         inputs = self.inputs([s.image for s in batch])
         probabilities = self.tumor_probabilities(inputs)
@@ -346,13 +378,14 @@ class TumorPredictor:
         for s, image, probability, segment in zip(batch, inputs, probabilities.tolist(), chosen, strict=True):
             s.probability, s.image = probability, (image if segment else None)
             if not segment:
-                s.mask = np.zeros(s.size, dtype=bool)
+                s.mask = np.zeros(s.size, dtype=np.float32 if maps else bool)
         return [s for s, segment in zip(batch, chosen, strict=True) if segment]
 
     @torch.no_grad()
-    def _segment(self, slices: list[_Slice]) -> None:
-        maps = torch.sigmoid(self._run(self.segmenter, torch.stack([s.image for s in slices]))).cpu()
-        masks = probabilities_to_masks(maps, [s.size for s in slices], self.threshold, self.min_component_px)
+    def _segment(self, slices: list[_Slice], maps: bool = False) -> None:
+        probabilities = torch.sigmoid(self._run(self.segmenter, torch.stack([s.image for s in slices]))).cpu()
+        finish = probabilities_to_cleaned_maps if maps else probabilities_to_masks
+        masks = finish(probabilities, [s.size for s in slices], self.threshold, self.min_component_px)
         for s, mask in zip(slices, masks, strict=True):
             s.mask, s.image = mask, None
 

@@ -25,6 +25,7 @@ from bt_monai.transforms.modes import DEFAULT_INPUT_MODE, INPUT_MODES
 __all__ = ["ModelBundles", "PredictorSettings", "Setting", "predictor_settings"]
 
 BUNDLE_NAMES = tuple(BUNDLE_FOLDERS)
+REFORMAT_SETTINGS = ("axial_tolerance_deg", "reformat_pixel_mm", "reformat_slice_mm", "reformat_min_slices")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ class Setting:
     ``bundle``: the bundle whose ``configs/inference.json`` holds the default (None: not a bundle setting);
     ``key``: its key there (default: the field's name); ``shared``: both bundles must agree on it (one
     preprocessing serves both networks); ``flag``: the command-line option (None: none); ``choice``: the flag takes
-    ``on``/``off``; ``parse``: turns the flag's text into the value; ``fingerprint``: the value decides outputs.
+    ``on``/``off``; ``parse``: turns the flag's text into the value; ``fingerprint``: the value enters the
+    predictor's fingerprint (the reformat settings do not: they decide only series reformatted to axial, whose
+    reuse key holds them); ``commands``: the commands that take the flag (None: all).
     """
 
     help: str
@@ -45,6 +48,7 @@ class Setting:
     choice: bool = False
     parse: Callable[[str], Any] | None = None
     fingerprint: bool = True
+    commands: tuple[str, ...] | None = None  # the commands that take the flag (None: every command)
 
 
 def _setting(default: Any, **spec: Any) -> Any:
@@ -72,6 +76,22 @@ def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise ValueError(f"a whole number of at least 0 is expected, got {text}")
+    return value
+
+
+def angle(text: str) -> float:
+    """An angle in degrees between 0 and 90, from a command-line value."""
+    value = float(text)
+    if not 0.0 <= value <= 90.0:
+        raise ValueError(f"an angle between 0 and 90 degrees is expected, got {text}")
+    return value
+
+
+def millimetres(text: str) -> float:
+    """A positive length in mm, from a command-line value."""
+    value = float(text)
+    if not value > 0.0:
+        raise ValueError(f"a positive length in mm is expected, got {text}")
     return value
 
 
@@ -164,6 +184,40 @@ class PredictorSettings:
         help="threads that read and resize slices while the networks run (default: 2, none on 2 cores)",
     )
 
+    axial_tolerance_deg: float = _setting(
+        10.0,
+        flag="--axial-tolerance",
+        parse=angle,
+        fingerprint=False,
+        commands=("infer",),
+        help="DICOM series: one whose slices are tilted more than this many degrees from axial (sagittal, coronal, "
+        "oblique) is resampled to axial slices, predicted there, and its masks mapped back onto its own images "
+        "(90: predict every series as acquired; default: the segmentation bundle's, 10)",
+    )
+    reformat_pixel_mm: float = _setting(
+        0.9375,
+        flag="--reformat-pixel-spacing",
+        parse=millimetres,
+        fingerprint=False,
+        commands=("infer",),
+        help="DICOM series reformatted to axial: the pixel size of the axial slices in mm (default: the "
+        "segmentation bundle's, the training slices' 0.9375)",
+    )
+    reformat_slice_mm: float = _setting(
+        5.0,
+        flag="--reformat-slice-spacing",
+        parse=millimetres,
+        fingerprint=False,
+        commands=("infer",),
+        help="DICOM series reformatted to axial: the distance between the axial slices in mm; the probabilities "
+        "are interpolated between them (default: the segmentation bundle's, the training slices' 5)",
+    )
+    reformat_min_slices: int = _setting(
+        8,
+        fingerprint=False,
+        help="a series with fewer images along its axis is predicted as acquired, not reformatted",
+    )
+
     def __post_init__(self) -> None:
         if isinstance(self.input_mode, str) and self.input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {', '.join(INPUT_MODES)}, got {self.input_mode!r}")
@@ -181,6 +235,15 @@ class PredictorSettings:
         object.__setattr__(self, "segment_gate", float(self.segment_gate))
         if int(self.min_component_px) < 0:
             raise ValueError(f"min_component_px must be at least 0, got {self.min_component_px}")
+        if not 0.0 <= float(self.axial_tolerance_deg) <= 90.0:
+            raise ValueError(f"axial_tolerance_deg is an angle in [0, 90], got {self.axial_tolerance_deg}")
+        for name in ("axial_tolerance_deg", "reformat_pixel_mm", "reformat_slice_mm"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("reformat_pixel_mm", "reformat_slice_mm"):
+            if not getattr(self, name) > 0.0:
+                raise ValueError(f"{name} must be a positive length in mm, got {getattr(self, name)}")
+        if int(self.reformat_min_slices) < 2:
+            raise ValueError(f"reformat_min_slices must be at least 2, got {self.reformat_min_slices}")
         for name in ("gate_masks", "fold_batch_norm", "amp", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -203,6 +266,10 @@ class PredictorSettings:
         """The settings that enter the predictor's fingerprint (device and autocast are added by the predictor)."""
         values = self.as_dict()
         return {name: values[name] for name, spec in self.specs() if spec.fingerprint}
+
+    def reformat_values(self) -> dict[str, Any]:
+        """The settings that decide how a series in another plane is reformatted to axial (its reuse key has them)."""
+        return {name: getattr(self, name) for name in REFORMAT_SETTINGS}
 
     def replace(self, **changes: Any) -> PredictorSettings:
         """A copy with ``changes`` applied (None values are ignored: "not given")."""

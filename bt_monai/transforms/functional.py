@@ -38,6 +38,7 @@ __all__ = [
     "SPATIAL_SIZE",
     "remove_small_components",
     "probability_to_mask",
+    "probabilities_to_cleaned_maps",
     "probabilities_to_masks",
 ]
 
@@ -252,13 +253,34 @@ def probabilities_to_masks(
     Slices of the same size are resized in one call (the per-slice result is the same: interpolation is
     independent per image).
     """
+    return [mask for _, mask in _resized_masks(probability_maps, sizes, threshold, min_component_px)]
+
+
+def probabilities_to_cleaned_maps(
+    probability_maps: torch.Tensor, sizes: Sequence[Sequence[int]], threshold: float = 0.5, min_component_px: int = 0
+) -> list[np.ndarray]:
+    """The probabilities :func:`probabilities_to_masks` thresholds, kept: float32 ``(W, H)`` per slice.
+
+    Resized as there; the pixels its component cleaning removes are set to 0, so ``map >= threshold`` is exactly
+    its mask. A series predicted on reformatted slices maps these back onto its own grid, then thresholds.
+    """
+    return [
+        np.where(mask | (resized < threshold), resized, 0.0).astype(np.float32)
+        for resized, mask in _resized_masks(probability_maps, sizes, threshold, min_component_px)
+    ]
+
+
+def _resized_masks(
+    probability_maps, sizes, threshold: float, min_component_px: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(resized probabilities, cleaned bool mask), both ``(W, H)``, of each slice of a ``(B, 1, w, h)`` batch."""
     maps = probability_maps.as_tensor() if hasattr(probability_maps, "as_tensor") else probability_maps
     maps = maps.float().cpu()
     sizes = [tuple(int(s) for s in size) for size in sizes]
-    masks: list[np.ndarray | None] = [None] * len(sizes)
+    results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(sizes)
     for size in dict.fromkeys(sizes):
         indices = [i for i, s in enumerate(sizes) if s == size]
-        resized = resize_images(maps[indices], size)[:, 0]
-        for i, mask in zip(indices, (resized >= threshold).numpy(), strict=True):
-            masks[i] = remove_small_components(mask[None], min_component_px)[0]
-    return masks
+        resized = resize_images(maps[indices], size)[:, 0].numpy()
+        for i, values in zip(indices, resized, strict=True):
+            results[i] = (values, remove_small_components((values >= threshold)[None], min_component_px)[0])
+    return results

@@ -59,6 +59,8 @@ def _report_dicom(args: argparse.Namespace, run) -> int:
     )
     for series in run.skipped_series:
         print(f"series {series['series_instance_uid']} skipped: {series['reason']}", file=sys.stderr)
+    for series in run.geometry:
+        print(f"{series['level']}: {series['folder']}: {series['reason']}", file=sys.stderr)
     for series in run.header_repairs:
         print(_repairs_line(series), file=sys.stderr)
     for warning in run.warnings:

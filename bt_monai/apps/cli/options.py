@@ -60,7 +60,7 @@ def add_model_options(p: argparse.ArgumentParser, command: str) -> None:
     )
     aliases = _ALIASES.get(command, {})
     for name, spec in PredictorSettings.specs():
-        if spec.flag is None:
+        if spec.flag is None or (spec.commands is not None and command not in spec.commands):
             continue
         flags = (spec.flag, *aliases.get(name, ()))
         if spec.choice:

@@ -5,8 +5,11 @@ Three hashes, three names:
 - the predictor's **fingerprint** (:meth:`bt_monai.inferers.TumorPredictor.fingerprint`): both networks' weights
   and every setting that decides the masks;
 - a series' **slices digest** (:func:`slices_digest`): the instances and frames the series had;
-- the **reuse key** (:func:`reuse_key_for`): the two, and :data:`OUTPUTS_VERSION`. A finished folder is reused
-  when its marker holds the same reuse key; the SEG's and SR's UIDs are derived from it (:func:`object_uids`).
+- the **reuse key** (:func:`reuse_key_for`): the two, :data:`OUTPUTS_VERSION`, and for a series reformatted to
+  axial slices the reformat settings. A finished folder is reused when its marker holds the same reuse key; the
+  SEG's and SR's UIDs are derived from it (:func:`object_uids`). A series predicted as acquired keeps the key
+  (and UIDs) of earlier versions; one now reformatted gets a new key, so its outputs made in the acquisition
+  plane are redone.
 
 The marker, ``<series folder>/series.json``, is written last (:func:`publish_series`): a folder without one was
 never finished. It records the reuse key under the JSON key ``"fingerprint"`` (its name since the first
@@ -44,9 +47,13 @@ def slices_digest(series: DicomSeries) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
 
-def reuse_key_for(series: DicomSeries, predictor_fingerprint: str) -> dict:
-    """What a finished folder must have been made with to be reused: these slices, this predictor, these outputs."""
-    return {"slices": slices_digest(series), "models": predictor_fingerprint, "outputs": OUTPUTS_VERSION}
+def reuse_key_for(series: DicomSeries, predictor_fingerprint: str, reformat: dict | None = None) -> dict:
+    """What a finished folder must have been made with to be reused: these slices, this predictor, these outputs,
+    and ``reformat`` (the reformat settings, for a series predicted on axial slices; None: as acquired)."""
+    key = {"slices": slices_digest(series), "models": predictor_fingerprint, "outputs": OUTPUTS_VERSION}
+    if reformat is not None:
+        key["reformat"] = reformat
+    return key
 
 
 def object_uids(series_uid: str, reuse_key: dict, kind: str) -> tuple[str, str]:

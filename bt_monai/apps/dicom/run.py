@@ -18,7 +18,14 @@ from bt_monai import __version__
 from bt_monai.apps.dicom.naming import claim_folder_name
 from bt_monai.apps.dicom.reports import REPORTS, patient_cells, series_entry, write_reports
 from bt_monai.apps.dicom.resume import finished_marker, object_uids, publish_series, reuse_key_for
-from bt_monai.apps.dicom.series import NO_HIGHDICOM, SeriesJob, SeriesSkipped, output_failure, process_series
+from bt_monai.apps.dicom.series import (
+    NO_HIGHDICOM,
+    SeriesJob,
+    SeriesSkipped,
+    output_failure,
+    process_series,
+    series_plan,
+)
 from bt_monai.apps.dicom.store import store_report, store_results
 from bt_monai.apps.dicom_input import is_own_output_dir
 from bt_monai.data.dicom import DicomScan, DicomSeries, compile_series_pattern, scan_dicom_folder
@@ -45,6 +52,7 @@ class DicomRunSummary:
     header_repairs: list[dict] = field(default_factory=list)  # {"folder", "series_instance_uid", "repairs"}
     studies: list[dict] = field(default_factory=list)  # DICOMweb input: {"study_instance_uid", "status", ...}
     stored: list[dict] = field(default_factory=list)  # --store / --store-to: one entry per SEG or SR
+    geometry: list[dict] = field(default_factory=list)  # {"folder", "series_instance_uid", "reason"}: not plain axial
 
     @property
     def series_done(self) -> int:
@@ -207,19 +215,32 @@ def scan_folder(source: Path, output: Path) -> DicomScan:
 # --- each series --------------------------------------------------------------------------------------------
 
 
+def _note_geometry(run: DicomRun, series: DicomSeries, folder: str, plan) -> None:
+    """One line for a series that is not plain axial: reformatted, or predicted as acquired and why."""
+    if plan.reformat or plan.plane != "axial":
+        level = "warning" if plan.plane is None or not plan.reformat else "note"
+        run.summary.geometry.append(
+            {"folder": folder, "series_instance_uid": series.uid, "level": level, "reason": plan.reason}
+        )
+
+
 def _run_series(run: DicomRun, series: DicomSeries, progress: tqdm) -> None:
     """Reuse the series' finished folder, or predict the series into a temporary folder and publish it."""
     folder = claim_folder_name(run.output, series, run.anonymize, run.used)
-    reuse_key = reuse_key_for(series, run.predictor_fingerprint)
+    plan = series_plan(series, run.predictor.settings)
+    reformat = run.predictor.settings.reformat_values() if plan.reformat else None
+    reuse_key = reuse_key_for(series, run.predictor_fingerprint, reformat)
     marker = None if run.overwrite else finished_marker(run.output / folder, reuse_key)
     if marker is not None:
+        marker["summary"].setdefault("geometry", plan.as_dict())  # folders of versions before the reformat
         run.record(series, folder, "done earlier", marker["summary"], marker["rows"])
         run.summary.reused.append(folder)
+        _note_geometry(run, series, folder, plan)
         progress.update(len(series.frames))
         return
     uids = {kind: object_uids(series.uid, reuse_key, kind) for kind in ("SEG", "SR")}
     temporary = make_temporary_dir(run.output, folder)
-    job = SeriesJob(series, folder, temporary, run.root, run.skip, progress, uids, run.algorithm)
+    job = SeriesJob(series, folder, temporary, run.root, run.skip, progress, uids, run.algorithm, plan)
     try:
         summary, rows = process_series(run.predictor, job, run.batch_size, run.always_seg)
         publish_series(job.temporary, run.output / folder, series, reuse_key, summary, rows)
@@ -230,6 +251,7 @@ def _run_series(run: DicomRun, series: DicomSeries, progress: tqdm) -> None:
     except BaseException:
         shutil.rmtree(job.temporary, ignore_errors=True)
         raise
+    _note_geometry(run, series, folder, job.plan)
     failure = output_failure(summary["outputs"])
     run.record(series, folder, "failed" if failure else "processed", summary, rows, failure or "")
     run.summary.processed.append(folder)

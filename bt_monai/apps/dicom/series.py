@@ -1,6 +1,13 @@
 """One series: every slice decoded and predicted, and its outputs written into the series' temporary folder:
 the overlays, the NIfTI mask, the DICOM SEG and the DICOM SR (:func:`process_series`).
 
+The path a series takes is decided first (:func:`series_plan`, the rule of :mod:`bt_monai.transforms.reformat`):
+an axial series (within ``axial_tolerance_deg``) is predicted slice by slice as acquired; a sagittal, coronal
+or oblique one is resampled to axial slices, predicted there, and its probabilities mapped back onto its own
+images and thresholded there, so every output stays in the source series' geometry and references its
+instances. A reformatted image's ``tumor_probability`` is the highest tumor probability of its pixels (those
+mapped back), and ``tumor`` says whether its mask has a pixel.
+
 The tumor measurements are computed here, once (:func:`series_summary`): ``summary.json`` and the SR report
 these values. Moving the folder into place, and reusing an earlier run's, is :mod:`.run`'s and :mod:`.resume`'s.
 """
@@ -15,12 +22,21 @@ import numpy as np
 from tqdm import tqdm
 
 from bt_monai.data.dicom import DicomFrame, DicomSeries, iter_frame_pixels, to_channel_first
-from bt_monai.inferers import TumorPredictor
+from bt_monai.inferers import PredictorSettings, SlicePrediction, TumorPredictor
+from bt_monai.transforms.reformat import AxialPlan, not_reformatted, plan_axial, to_axial, to_source
 from bt_monai.utils import atomic_write_bytes, error_summary, relative_path
 from bt_monai.writers import TumorMeasurements, nifti_bytes, overlay_png, seg_bytes, source_headers, sr_bytes
 from bt_monai.writers.derived import SourceHeaders
 
-__all__ = ["NO_HIGHDICOM", "SeriesJob", "SeriesSkipped", "output_failure", "process_series", "series_summary"]
+__all__ = [
+    "NO_HIGHDICOM",
+    "SeriesJob",
+    "SeriesSkipped",
+    "output_failure",
+    "process_series",
+    "series_plan",
+    "series_summary",
+]
 
 NO_HIGHDICOM = "highdicom is not installed (pip install 'bt_monai[dicom]')"
 
@@ -41,6 +57,40 @@ class SeriesJob:
     progress: tqdm
     uids: dict[str, tuple[str, str]]  # "SEG" / "SR": (SeriesInstanceUID, SOPInstanceUID) of the object
     algorithm: tuple[str, str]  # (name, version) the SEG and SR name as their algorithm
+    plan: AxialPlan | None = None  # the path it takes (None: decided by process_series)
+
+
+def series_plan(series: DicomSeries, settings: PredictorSettings, volume: np.ndarray | None = None) -> AxialPlan:
+    """How ``series`` is predicted: as acquired, or reformatted to axial slices (:func:`plan_axial`; ``volume``,
+    its decoded ``(C, W, H, D)`` pixels, places the axial slices on the head of a wide series).
+
+    A series without the geometry to resample (no ImageOrientationPatient or ImagePositionPatient, slices
+    sharing a position, uneven slice spacing) is predicted as acquired; the plan's reason says why.
+    """
+    first = series.frames[0]
+    if first.orientation is None or any(f.position is None for f in series.frames):
+        return not_reformatted(
+            "no ImageOrientationPatient / ImagePositionPatient: its plane is unknown, predicted as acquired "
+            "(masks are poor if it is not axial)"
+        )
+    affine, _ = series.affine()
+    spacing, note = series.slice_spacing()
+    if len(series.frames) > 1 and (spacing is None or (note or "").startswith("uneven")):
+        plan = plan_axial(affine, (first.columns, first.rows, len(series.frames)), settings.axial_tolerance_deg)
+        if plan.reformat:
+            return not_reformatted(
+                f"{plan.plane} series, {note}: cannot be resampled, predicted as acquired", plan.plane, plan.angle_deg
+            )
+        return plan
+    return plan_axial(
+        affine,
+        (first.columns, first.rows, len(series.frames)),
+        settings.axial_tolerance_deg,
+        settings.reformat_pixel_mm,
+        settings.reformat_slice_mm,
+        settings.reformat_min_slices,
+        volume=volume,
+    )
 
 
 def _prediction_row(job: SeriesJob, frame: DicomFrame, prediction, index: int, overlay: str) -> dict:
@@ -60,22 +110,50 @@ def _prediction_row(job: SeriesJob, frame: DicomFrame, prediction, index: int, o
     }
 
 
-def _predict_series(
-    predictor: TumorPredictor, job: SeriesJob, batch_size: int
+def _record(
+    job: SeriesJob,
+    frame: DicomFrame,
+    pixels: np.ndarray,
+    prediction: SlicePrediction,
+    done: list,
+    masks: list,
+    rows: list,
+) -> None:
+    """Write a predicted slice's overlay (when it shows tumor) and add it to the slices done."""
+    overlay = ""
+    if prediction.tumor or prediction.tumor_area_px:
+        name = f"overlays/{len(done) + 1:04d}.png"
+        atomic_write_bytes(job.temporary / name, overlay_png(pixels, prediction.mask))
+        overlay = f"{job.folder}/{name}"
+    rows.append(_prediction_row(job, frame, prediction, len(done) + 1, overlay))
+    done.append(frame)
+    masks.append(prediction.mask)
+
+
+def _decoded(job: SeriesJob, frames: dict, pending: dict) -> Iterator[tuple[str, np.ndarray]]:
+    """Decode the series' slices in order, keeping each frame and its pixels under a key; failures skipped."""
+    for index, (frame, pixels) in enumerate(iter_frame_pixels(job.series.frames)):
+        job.progress.update()
+        if isinstance(pixels, Exception):
+            job.skip(frame.label, f"pixel data could not be decoded: {type(pixels).__name__}: {pixels}")
+            continue
+        key = str(index)
+        frames[key], pending[key] = frame, pixels
+        yield key, to_channel_first(pixels)
+
+
+def _predict_as_acquired(
+    predictor: TumorPredictor,
+    job: SeriesJob,
+    batch_size: int,
+    decoded: Iterator | None = None,
+    frames: dict | None = None,
+    pending: dict | None = None,
 ) -> tuple[list[DicomFrame], list[np.ndarray], list[dict]]:
     """Decode and predict every slice of the series, writing the overlays: (slices done, masks, rows)."""
-    frames: dict[str, DicomFrame] = {}
-    pending: dict[str, np.ndarray] = {}  # decoded pixels awaiting their prediction (for the overlays)
-
-    def decoded() -> Iterator[tuple[str, np.ndarray]]:
-        for index, (frame, pixels) in enumerate(iter_frame_pixels(job.series.frames)):
-            job.progress.update()
-            if isinstance(pixels, Exception):
-                job.skip(frame.label, f"pixel data could not be decoded: {type(pixels).__name__}: {pixels}")
-                continue
-            key = str(index)
-            frames[key], pending[key] = frame, pixels
-            yield key, to_channel_first(pixels)
+    frames = {} if frames is None else frames
+    pending = {} if pending is None else pending  # decoded pixels awaiting their prediction (for the overlays)
+    decoded = _decoded(job, frames, pending) if decoded is None else decoded
 
     def failed(key: str, error: Exception) -> None:
         job.skip(frames[key].label, error_summary(error))
@@ -84,16 +162,41 @@ def _predict_series(
     done: list[DicomFrame] = []
     masks: list[np.ndarray] = []
     rows: list[dict] = []
-    for prediction in predictor.predict_arrays(decoded(), batch_size, on_error=failed):
-        frame, pixels = frames[prediction.path], pending.pop(prediction.path)
-        overlay = ""
-        if prediction.tumor or prediction.tumor_area_px:
-            name = f"overlays/{len(done) + 1:04d}.png"
-            atomic_write_bytes(job.temporary / name, overlay_png(pixels, prediction.mask))
-            overlay = f"{job.folder}/{name}"
-        rows.append(_prediction_row(job, frame, prediction, len(done) + 1, overlay))
-        done.append(frame)
-        masks.append(prediction.mask)
+    for prediction in predictor.predict_arrays(decoded, batch_size, on_error=failed):
+        _record(job, frames[prediction.path], pending.pop(prediction.path), prediction, done, masks, rows)
+    return done, masks, rows
+
+
+def _predict_reformatted(
+    predictor: TumorPredictor, job: SeriesJob, batch_size: int
+) -> tuple[list[DicomFrame], list[np.ndarray], list[dict]]:
+    """Decode the whole series, resample it to axial slices, predict them, map the probabilities back onto the
+    series' grid and threshold there: (slices done, masks, rows), as :func:`_predict_as_acquired`."""
+    frames: dict[str, DicomFrame] = {}
+    pending: dict[str, np.ndarray] = {}
+    images = dict(_decoded(job, frames, pending))  # key -> (C, W, H), in slice order
+    if not images:
+        return [], [], []
+    if len(images) < len(job.series.frames):  # slices lost: decide again on those left
+        job.plan = series_plan(job.series.with_frames(list(frames.values())), predictor.settings)
+        if not job.plan.reformat:
+            return _predict_as_acquired(predictor, job, batch_size, iter(images.items()), frames, pending)
+    volume = np.stack(list(images.values()), axis=-1)  # (C, W, H, D)
+    job.plan = plan = series_plan(job.series.with_frames(list(frames.values())), predictor.settings, volume)
+    axial = to_axial(volume, plan)
+    del volume
+    slices = ((str(k), axial[..., k]) for k in range(axial.shape[-1]))
+    maps = [p.probabilities.T for p in predictor.predict_probabilities(slices, batch_size)]  # each (W', H')
+    del axial
+    probabilities = to_source(np.stack(maps, axis=-1)[None], plan)[0].numpy()  # (W, H, D)
+    done: list[DicomFrame] = []
+    masks: list[np.ndarray] = []
+    rows: list[dict] = []
+    for k, key in enumerate(images):
+        values = probabilities[..., k]
+        mask = np.ascontiguousarray((values >= predictor.threshold).T.astype(np.uint8))
+        prediction = SlicePrediction(key, float(values.max()), mask, predictor.threshold)
+        _record(job, frames[key], pending.pop(key), prediction, done, masks, rows)
     return done, masks, rows
 
 
@@ -210,11 +313,17 @@ def process_series(
     The summary is the series' entry of ``summary.json`` (:func:`series_summary`, plus its ``outputs``); rows
     are its rows of ``predictions.csv``. Raises :class:`SeriesSkipped` when no slice could be decoded.
     """
-    done, masks, rows = _predict_series(predictor, job, batch_size)
+    if job.plan is None:
+        job.plan = series_plan(job.series, predictor.settings)
+    predict = _predict_reformatted if job.plan.reformat else _predict_as_acquired
+    done, masks, rows = predict(predictor, job, batch_size)
     if not done:
         raise SeriesSkipped("no slice of this series could be decoded (reasons in skipped.csv)")
     predicted = job.series.with_frames(done)
     summary = series_summary(predicted, masks, rows)
+    summary["geometry"] = job.plan.as_dict()
+    if job.plan.plane is None:
+        summary["notes"].append(f"warning: {job.plan.reason}")
     overlays = sum(1 for r in rows if r["overlay"])
     summary["outputs"] = {"overlays": overlays, **_write_volumes(job, predicted, masks, summary, always_seg)}
     return summary, rows
