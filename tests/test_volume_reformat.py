@@ -1,10 +1,12 @@
 """The segmentation bundle's DICOM volume path in any plane: ``ReformatToAxiald`` resamples a sagittal series to
 axial slices (the rule of :mod:`bt_monai.transforms.reformat`), ``SlicewiseToMaskd`` maps the masks back onto the
-series' own grid; an axial series takes the path it always took.
+series' own grid; an axial series takes the path it always took; the DICOM app's ``mask.nii.gz`` of a sagittal
+series is the bundle's mask.
 
 The volumes are real LGG slices (the FLAIR channel of TCGA_CS_4942_19970222) taken as an axial volume of
-0.9375 mm pixels and 5 mm slices; the same voxels are written as an axial and as a sagittal DICOM series. The
-bundle runs are the shipped ``inference_dicom.json`` with the shipped weights.
+0.9375 mm pixels and 5 mm slices; the same voxels are written as an axial and as a sagittal DICOM series
+(:mod:`bt_monai.writers.dicom_series`). The bundle runs are the shipped ``inference_dicom.json`` with the shipped
+weights.
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ import pytest
 import tifffile
 import torch
 from monai.data import MetaTensor, decollate_batch, list_data_collate
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from bt_monai.transforms import ReformatToAxiald, axial_plan_from_meta
 from bt_monai.transforms.reformat import plan_axial
+from bt_monai.writers.dicom_series import axial_affine, reslice, write_volume_series
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:builtin type (Swig|swig):DeprecationWarning"),
@@ -34,93 +35,25 @@ BUNDLE = REPO / "bundle" / "brain_tumor_segmentation"
 PATIENT = "TCGA_CS_4942_19970222"
 NUMBERS = range(6, 18)  # 12 real slices around the tumor (9 to 13 show it)
 PIXEL, SLICE = 0.9375, 5.0
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 # --- the volume and its two series ---------------------------------------------------------------------------
 
+AXIAL = axial_affine(PIXEL, SLICE)  # the axial volume's RAS affine: IOP 1\\0\\0\\0\\1\\0, image k at IPP -120\\-120\\5k
+
 
 @pytest.fixture(scope="module")
-def axial_stack(lgg_root) -> np.ndarray:
-    """uint16 ``(N, rows, cols)``: axial image k at z = 5k mm (LPS), the FLAIR channel x16 (exact in float)."""
+def axial_volume(lgg_root) -> np.ndarray:
+    """uint16 ``(W = cols, H = rows, D = N)`` on :data:`AXIAL`: the FLAIR channel x16 (exact in float)."""
     images = [tifffile.imread(lgg_root / PATIENT / f"{PATIENT}_{n}.tif")[..., 1] for n in NUMBERS]
-    return np.stack(images).astype(np.uint16) * 16
+    return np.stack(images, axis=-1).transpose(1, 0, 2).astype(np.uint16) * 16
 
 
-def axial_ras_affine() -> np.ndarray:
-    """RAS affine of the axial volume ``(W = cols, H = rows, D = slices)``: IOP 1\\0\\0\\0\\1\\0, IPP -120\\-120\\5k."""
-    lps = np.eye(4)
-    lps[:3, :3] = np.diag([PIXEL, PIXEL, SLICE])
-    lps[:3, 3] = [-120.0, -120.0, 0.0]
-    return LPS_TO_RAS @ lps
-
-
-def sagittal_ras_affine(n_slices: int, n_cols: int = 256) -> np.ndarray:
-    """RAS affine of the sagittal series ``(W = image columns: A-P, H = image rows: S-I, D = images)``, the images
-    ordered along their normal (row x column cosines = (-1, 0, 0) LPS), as ITK orders them."""
-    lps = np.eye(4)
-    lps[:3, 0] = [0.0, PIXEL, 0.0]  # along a row: posterior
-    lps[:3, 1] = [0.0, 0.0, -SLICE]  # down a column: inferior
-    lps[:3, 2] = [-PIXEL, 0.0, 0.0]  # the normal: towards the patient's right
-    lps[:3, 3] = [-120.0 + PIXEL * (n_cols - 1), -120.0, SLICE * (n_slices - 1)]
-    return LPS_TO_RAS @ lps
-
-
-def write_slice(path: Path, pixels: np.ndarray, **attributes) -> Path:
-    """A single-frame MR image; ``pixels`` (rows, cols) uint16; ``attributes`` (geometry, UIDs) set as given."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID, ds.PatientName = "MR", "LGG-4942", "Test^Patient"
-    ds.StudyDate, ds.Manufacturer, ds.SeriesNumber, ds.SeriesDescription = "19970222", "test", 1, "FLAIR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit, ds.PixelRepresentation = 15, 0
-    for key, value in attributes.items():
-        setattr(ds, key, value)
-    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
-
-
-def write_series(folder: Path, images: list[np.ndarray], positions: list[list[float]], **attributes) -> Path:
-    """One series: image k at ImagePositionPatient ``positions[k]``; ``attributes`` shared (orientation, spacing)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    uids = {k: generate_uid() for k in ("SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")}
-    for k, (pixels, position) in enumerate(zip(images, positions, strict=True)):
-        write_slice(
-            folder / f"IM{k:04d}", pixels, InstanceNumber=k + 1, ImagePositionPatient=position, **uids, **attributes
-        )
-    return folder
-
-
-def write_axial(folder: Path, stack: np.ndarray) -> Path:
-    return write_series(
-        folder,
-        list(stack),
-        [[-120.0, -120.0, SLICE * k] for k in range(len(stack))],
-        ImageOrientationPatient=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-        PixelSpacing=[PIXEL, PIXEL],
-        SliceThickness=SLICE,
-    )
-
-
-def write_sagittal(folder: Path, stack: np.ndarray) -> Path:
-    """The same voxels as sagittal images, one per axial image column c (x = -120 + 0.9375 c, LPS): rows run
-    head to foot (column cosines 0\\0\\-1, 5 mm apart), columns anterior to posterior (row cosines 0\\1\\0)."""
-    n = len(stack)
-    return write_series(
-        folder,
-        [stack[::-1, :, c] for c in range(stack.shape[2])],  # (N, rows): image row i = axial slice N-1-i
-        [[-120.0 + PIXEL * c, -120.0, SLICE * (n - 1)] for c in range(stack.shape[2])],
-        ImageOrientationPatient=[0.0, 1.0, 0.0, 0.0, 0.0, -1.0],
-        PixelSpacing=[SLICE, PIXEL],  # [between rows, between columns]
-        SliceThickness=PIXEL,
-    )
+def images_reversed(affine: np.ndarray, n_images: int) -> np.ndarray:
+    """``affine`` of a ``(W, H, D)`` volume with its D axis (the images) in reverse order. ``reslice``'s sagittal
+    has its images from the patient's right to left; ITK (and DicomSeries) order them along their normal (row x
+    column cosines = (-1, 0, 0) LPS: left to right), so they read that series back this way."""
+    return affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, n_images - 1], [0, 0, 0, 1.0]])
 
 
 def run_bundle(series: Path, out: Path, **override) -> tuple[nib.Nifti1Image, dict]:
@@ -158,8 +91,10 @@ def on_grid(mask: nib.Nifti1Image, affine: np.ndarray, shape: tuple[int, ...]) -
 
 
 @pytest.fixture(scope="module")
-def axial_series(tmp_path_factory, axial_stack) -> Path:
-    return write_axial(tmp_path_factory.mktemp("axial") / "series", axial_stack)
+def axial_series(tmp_path_factory, axial_volume) -> Path:
+    folder = tmp_path_factory.mktemp("axial") / "series"
+    write_volume_series(folder, axial_volume, AXIAL)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -167,35 +102,52 @@ def axial_run(axial_series) -> tuple[nib.Nifti1Image, dict]:
     return run_bundle(axial_series, axial_series.parent / "out")
 
 
+@pytest.fixture(scope="module")
+def sagittal_series(tmp_path_factory, axial_volume) -> tuple[Path, np.ndarray]:
+    """The axial voxels as 256 sagittal images (rows head to foot, columns anterior to posterior): the series'
+    folder and the affine it was written with."""
+    folder = tmp_path_factory.mktemp("sagittal") / "series"
+    volume, affine = reslice(axial_volume, AXIAL, "sagittal")
+    write_volume_series(folder, volume, affine)
+    return folder, affine
+
+
+@pytest.fixture(scope="module")
+def sagittal_run(sagittal_series) -> tuple[nib.Nifti1Image, dict]:
+    folder, _ = sagittal_series
+    return run_bundle(folder, folder.parent / "out")
+
+
 # --- the transform -------------------------------------------------------------------------------------------
 
 
 @pytest.mark.real_data
-def test_reformat_to_axial_puts_a_sagittal_volume_on_the_axial_grid_and_leaves_an_axial_one(axial_stack):
-    n = len(axial_stack)
-    axial = torch.as_tensor(axial_stack.transpose(2, 1, 0)[None].astype(np.float32))  # (1, W = cols, H = rows, D)
-    # the sagittal volume (1, W = rows of the axial images, H = N - 1 - k, D = 255 - column), as ITK reads it
-    sagittal = axial.flip(3).permute(0, 2, 3, 1).flip(3).contiguous()
+def test_reformat_to_axial_puts_a_sagittal_volume_on_the_axial_grid_and_leaves_an_axial_one(axial_volume):
+    n = axial_volume.shape[2]
+    axial = torch.as_tensor(axial_volume[None].astype(np.float32))  # (1, W = cols, H = rows, D)
+    # the sagittal volume (1, W = rows of the axial images, H = N - 1 - k, D = column)
+    volume, affine = reslice(axial_volume, AXIAL, "sagittal")
+    sagittal = torch.as_tensor(volume[None].astype(np.float32))
     assert sagittal.shape == (1, 256, n, 256)
     transform = ReformatToAxiald("image", tolerance_deg=10, pixel_mm=PIXEL, slice_mm=SLICE, min_slices=8)
 
-    out = transform({"image": MetaTensor(sagittal, affine=torch.as_tensor(sagittal_ras_affine(n)))})["image"]
+    out = transform({"image": MetaTensor(sagittal, affine=torch.as_tensor(affine))})["image"]
     assert isinstance(out, MetaTensor) and out.shape == (1, 256, 256, n) and out.dtype == torch.float32
     torch.testing.assert_close(out.as_tensor(), axial, rtol=1e-4, atol=1e-3)  # lattice points: float rounding
-    np.testing.assert_allclose(out.affine.numpy(), axial_ras_affine(), atol=1e-6)
+    np.testing.assert_allclose(out.affine.numpy(), AXIAL, atol=1e-6)
     assert [int(s) for s in out.meta["spatial_shape"]] == [256, 256, n]
     plan = axial_plan_from_meta(out.meta)
     assert plan.reformat and plan.plane == "sagittal" and plan.source_shape == (256, n, 256)
-    np.testing.assert_allclose(plan.source_affine, sagittal_ras_affine(n))
+    np.testing.assert_allclose(plan.source_affine, affine)
 
-    image = MetaTensor(axial.clone(), affine=torch.as_tensor(axial_ras_affine()))
+    image = MetaTensor(axial.clone(), affine=torch.as_tensor(AXIAL))
     passed = transform({"image": image})["image"]
     assert passed is image and torch.equal(passed.as_tensor(), axial)
     assert not axial_plan_from_meta(passed.meta).reformat and passed.meta["axial_plan"]["plane"] == "axial"
 
 
 def test_the_recorded_plan_survives_collation_and_decollation():
-    affine = sagittal_ras_affine(12)
+    _, affine = reslice(np.zeros((256, 256, 12), np.uint16), AXIAL, "sagittal")
     plan = plan_axial(affine, (256, 12, 256))
     image = MetaTensor(torch.zeros(1, 256, 12, 256), affine=torch.as_tensor(affine))
     out = ReformatToAxiald("image")({"image": image})
@@ -213,14 +165,17 @@ def test_the_recorded_plan_survives_collation_and_decollation():
 
 
 @pytest.mark.real_data
-def test_bundle_masks_a_sagittal_series_on_its_own_grid_as_the_axial_series(tmp_path, axial_stack, axial_run):
-    n = len(axial_stack)
-    sagittal, meta = run_bundle(write_sagittal(tmp_path / "series", axial_stack), tmp_path / "out")
+def test_bundle_masks_a_sagittal_series_on_its_own_grid_as_the_axial_series(
+    axial_volume, sagittal_series, sagittal_run, axial_run
+):
+    n = axial_volume.shape[2]
+    _, written = sagittal_series
+    sagittal, meta = sagittal_run
     plan = axial_plan_from_meta(meta)
     assert plan.reformat and plan.plane == "sagittal" and plan.axial_shape == (256, 256, n)
 
     assert sagittal.shape == (256, n, 256)  # the series' own grid: (columns, rows, images)
-    np.testing.assert_allclose(sagittal.affine, sagittal_ras_affine(n), atol=1e-4)
+    np.testing.assert_allclose(sagittal.affine, images_reversed(written, 256), atol=1e-4)
     mask = np.asarray(sagittal.dataobj)
     assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
 
@@ -235,7 +190,7 @@ def test_bundle_masks_a_sagittal_series_on_its_own_grid_as_the_axial_series(tmp_
 
 
 @pytest.mark.real_data
-def test_bundle_predicts_an_axial_series_as_before(tmp_path, axial_stack, axial_series, axial_run):
+def test_bundle_predicts_an_axial_series_as_before(tmp_path, axial_volume, axial_series, axial_run):
     new, meta = axial_run
     plan = axial_plan_from_meta(meta)
     assert not plan.reformat and plan.plane == "axial" and "within 10" in plan.reason
@@ -246,7 +201,35 @@ def test_bundle_predicts_an_axial_series_as_before(tmp_path, axial_stack, axial_
         **{"preprocessing#transforms#1": {"_target_": "Identityd", "keys": "image"}},
     )
     assert "axial_plan" not in old_meta
-    assert new.shape == old.shape == (256, 256, len(axial_stack))
+    assert new.shape == old.shape == (256, 256, axial_volume.shape[2])
     np.testing.assert_array_equal(np.asarray(new.dataobj), np.asarray(old.dataobj))
     np.testing.assert_array_equal(new.affine, old.affine)
-    np.testing.assert_allclose(new.affine, axial_ras_affine(), atol=1e-4)
+    np.testing.assert_allclose(new.affine, AXIAL, atol=1e-4)
+
+
+# --- the DICOM app -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.real_data
+def test_the_dicom_app_writes_the_bundles_mask_of_a_sagittal_series(tmp_path, sagittal_series, sagittal_run):
+    from bt_monai.apps.dicom import infer_dicom
+    from bt_monai.inferers import TumorPredictor
+
+    # The bundle run's settings: float32 (inference_dicom.json's SliceInferer has no autocast, the evaluator's amp
+    # is CUDA only), model.pt as is (no batch norm folded), a channels-last network, the CPU, and every slice
+    # segmented (the bundle has no detector). The same plan, resampling and cleaning (bt_monai.transforms.reformat,
+    # probabilities_to_cleaned_maps) and the same float32 operations on the same CPU: the same voxels.
+    predictor = TumorPredictor.from_bundles(
+        segment_gate=0.0, amp=False, fold_batch_norm=False, channels_last=True, device="cpu"
+    )
+    folder, _ = sagittal_series
+    summary = infer_dicom(predictor, folder, tmp_path / "out")
+    (name,) = summary.processed
+    app = nib.load(tmp_path / "out" / name / "mask.nii.gz")
+    bundle, _ = sagittal_run
+
+    assert app.shape == bundle.shape == (256, len(NUMBERS), 256)
+    np.testing.assert_allclose(app.affine, bundle.affine, atol=1e-4)  # both on the series' grid, ITK's image order
+    app_mask, bundle_mask = np.asarray(app.dataobj), np.asarray(bundle.dataobj)
+    assert bundle_mask.sum() > 1000  # the tumor, on the sagittal images
+    np.testing.assert_array_equal(app_mask, bundle_mask)
