@@ -41,6 +41,7 @@ __all__ = [
     "refuse_shipped_ckpt_dir",
     "report_training_outputs",
     "shipped_bundles_root",
+    "torchscript_cache_file",
 ]
 
 BUNDLE_FOLDERS = {"segmentation": "brain_tumor_segmentation", "detection": "brain_tumor_classification"}
@@ -246,15 +247,15 @@ def _literal(value) -> bool:
     return True
 
 
-def _scripted_network(folder: Path, network_def: dict):
-    """The bundle's ``models/model.ts`` when it was exported from this very ``network_def``, else None.
+def _load_export(path: Path, network_def: dict):
+    """The TorchScript file ``path`` when it was exported from this very ``network_def``, else None.
 
     ``python -m monai.bundle ckpt_export ... --config_file configs/inference.json`` stores the config in the
-    TorchScript file; a file exported from another ``network_def`` (or without the config) is not used.
+    TorchScript file (``_extra_files``, as ``inference.json``), and so does :func:`_cache_export`; a file
+    exported from another ``network_def`` (or without the config), or that does not load, is not used.
     """
     import torch
 
-    path = folder / "models" / "model.ts"
     if not path.is_file():
         return None
     extra = {"inference.json": ""}
@@ -265,9 +266,118 @@ def _scripted_network(folder: Path, network_def: dict):
             warnings.simplefilter("ignore", UserWarning)
             network = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         exported = json.loads(extra["inference.json"] or "{}").get("network_def")
-    except Exception:  # unreadable or from another torch: the network is built from its definition instead
+    except Exception:  # unreadable, truncated or from another torch: the network is built from its definition
         return None
     return network if exported == network_def else None
+
+
+def _scripted_network(folder: Path, network_def: dict):
+    """The bundle's ``models/model.ts`` when it was exported from this very ``network_def``, else None."""
+    return _load_export(folder / "models" / "model.ts", network_def)
+
+
+def _code_versions(network_def: dict) -> dict:
+    """What the scripted graph of ``network_def`` depends on besides the definition itself: the versions of
+    torch, torchvision, MONAI and bt_monai, and for a ``bt_monai.<layer>`` target the SHA-256 of that layer's
+    sources (a checkout's code changes without its version changing). Read without importing MONAI."""
+    import hashlib
+    from importlib import metadata
+
+    import torch
+
+    from bt_monai import __version__
+
+    versions: dict = {"torch": torch.__version__, "bt_monai": __version__}
+    for package in ("torchvision", "monai"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    parts = str(network_def.get("_target_", "")).split(".")
+    layer = Path(__file__).resolve().parent / parts[1] if len(parts) > 2 and parts[0] == "bt_monai" else None
+    if layer is not None and layer.is_dir():
+        digest = hashlib.sha256()
+        for source in sorted(layer.rglob("*.py")):
+            digest.update(source.relative_to(layer).as_posix().encode() + b"\0" + source.read_bytes())
+        versions["sources"] = digest.hexdigest()
+    return versions
+
+
+def torchscript_cache_file(network_def: dict) -> Path:
+    """Where the TorchScript export of ``network_def`` is cached: ``<cache>/torchscript/<class>-<hash>.ts``.
+
+    ``<cache>``: :func:`bt_monai.utils.cache_dir` (``$BT_MONAI_CACHE_DIR``, else ``$XDG_CACHE_HOME/bt_monai``,
+    else ``~/.cache/bt_monai``). The hash covers the definition and :func:`_code_versions`, so another torch,
+    MONAI or bt_monai gets its own file. Nothing is created.
+    """
+    import hashlib
+
+    from bt_monai.utils import cache_dir
+
+    key = json.dumps({"network_def": network_def, **_code_versions(network_def)}, sort_keys=True)
+    target = str(network_def.get("_target_", "network")).rsplit(".", 1)[-1]
+    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in target)[:40] or "network"
+    return cache_dir("torchscript") / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.ts"
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _cache_file(network_def: dict) -> Path | None:
+    """:func:`torchscript_cache_file`, or None (with one warning) where there is no cache (e.g. no home folder)."""
+    try:
+        return torchscript_cache_file(network_def)
+    except (OSError, RuntimeError) as e:  # Path.home() raises RuntimeError when there is no home
+        from bt_monai.utils import CACHE_DIR_ENV
+
+        _warn_once("no cache", f"no TorchScript cache ({e}): running the eager network; set {CACHE_DIR_ENV}")
+        return None
+
+
+def _cache_export(network, config: dict, path: Path):
+    """``network`` (built from ``config["network_def"]``) scripted and saved into the cache file ``path``, and
+    that scripted network; the eager ``network`` itself, with one warning, when the cache folder cannot be
+    written or the network cannot be scripted: the cache never fails inference.
+
+    Saved as MONAI's ``ckpt_export`` saves (the config as the extra file ``inference.json``), atomically: a
+    temporary in the cache folder, then ``os.replace``, so concurrent processes never read half a file.
+    """
+    import torch
+
+    from bt_monai.utils import CACHE_DIR_ENV, atomic_write
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(f"no write permission on {path.parent}")
+    except OSError as e:
+        _warn_once(
+            str(path.parent),
+            f"cannot write the TorchScript cache folder {path.parent} ({e}): running the eager network, which starts "
+            f"slower; set {CACHE_DIR_ENV} to a writable folder",
+        )
+        return network
+    try:
+        with warnings.catch_warnings():  # "torch.jit.script is deprecated": TorchScript is MONAI's export format
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted = torch.jit.script(network)
+            with atomic_write(path) as f:
+                torch.jit.save(scripted, f, _extra_files={"inference.json": json.dumps(config)})
+    except Exception as e:  # not scriptable, a full disk, ...
+        _warn_once(
+            str(path),
+            f"could not save the TorchScript export of {config['network_def'].get('_target_')} to {path} ({e}): "
+            f"running the eager network; set {CACHE_DIR_ENV} to a writable folder if the folder is the cause",
+        )
+        return network
+    return scripted
 
 
 def bundle_metadata(folder: str | os.PathLike) -> dict:
@@ -301,17 +411,24 @@ def load_bundle_network(
     file loaded) and ``bundle`` (the folder). :class:`bt_monai.inferers.PredictorSettings` says which keys the
     predictor reads.
 
-    With ``scripted`` the network is the bundle's TorchScript export (``models/model.ts``) when that was
-    exported from the same ``network_def``: it needs neither MONAI nor the network's Python code, which makes
-    a cold start seconds shorter. The weights are loaded from ``weights`` (default ``models/model.pt``) either
-    way, so a stale export can never bring old weights.
+    With ``scripted`` the network is a TorchScript export of the same ``network_def``: it needs neither MONAI
+    nor the network's Python code, which makes a cold start seconds shorter. The bundle's ``models/model.ts``
+    (``python -m monai.bundle ckpt_export``) is used first; else the export cached in
+    :func:`torchscript_cache_file`, made on first use (MONAI builds the network, ``torch.jit.script`` scripts
+    it); where the cache cannot be written, the eager network, with a warning. The weights are loaded from
+    ``weights`` (default ``models/model.pt``) either way, so a stale export can never bring old weights.
     """
     folder = locate_bundle(bundle, name)
     config_file = folder / "configs" / "inference.json"
     config = json.loads(config_file.read_text())
     weights = bundle_weights(folder, weights)
     wanted = [key for key in keys if key in config]
-    network = _scripted_network(folder, config.get("network_def")) if scripted else None
+    network_def = config.get("network_def")
+    network = _scripted_network(folder, network_def) if scripted else None
+    cache_file = None  # a definition with expressions or references is not cached: its JSON is not the network
+    if network is None and scripted and isinstance(network_def, dict) and _literal(network_def):
+        cache_file = _cache_file(network_def)
+        network = None if cache_file is None else _load_export(cache_file, network_def)
     if network is not None and all(_literal(config[key]) for key in wanted):
         settings = {key: config[key] for key in wanted}
     else:  # expressions or references in the config, or no usable export: MONAI resolves the config
@@ -322,6 +439,8 @@ def load_bundle_network(
         parser["bundle_root"] = str(folder)
         if network is None:
             network = parser.get_parsed_content("network_def")
+            if cache_file is not None:  # no export yet: made now, for the next start
+                network = _cache_export(network, config, cache_file)
         settings = {key: parser.get_parsed_content(key) for key in wanted}
     load_weights(network, weights)
     settings["weights"] = str(weights)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 LGG_DIR = Path(os.environ.get("BT_MONAI_LGG_DIR", REPO.parent / "shared" / "data" / "lgg" / "kaggle_3m"))
@@ -24,6 +25,17 @@ def _require_real_data() -> Path:
     if os.environ.get("BT_MONAI_REQUIRE_DATA"):
         pytest.fail(msg + "; BT_MONAI_REQUIRE_DATA is set, so this is an error, not a skip")
     pytest.skip(msg)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torchscript_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``BT_MONAI_CACHE_DIR`` for the whole session: a fresh folder, so the TorchScript exports the bundles make on
+    first use (:func:`bt_monai.bundle.torchscript_cache_file`) never go to the user's ``~/.cache``; the child
+    processes of the tests inherit it. A test that checks the cache itself sets its own (monkeypatch)."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BT_MONAI_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")
@@ -112,8 +124,6 @@ def tumor_slice(root: Path, patient: str = SUBSET[0]) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def weight_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """CLI options giving both networks seeded random weights (no trained weights needed)."""
-    import torch
-
     from bt_monai.networks import MobileNetV2Classifier, MobileNetV2UNet
 
     folder = tmp_path_factory.mktemp("weights")
@@ -148,6 +158,20 @@ def bundle_training_command(root: Path, dataset: Path, *options: str) -> list[st
     cmd += ["--logging_file", str(configs / "logging.conf"), "--dataset_dir", str(dataset)]
     cmd += ["--spatial_size", "[64,64]", "--batch_size", "4", "--num_workers", "0", *TINY_SPLIT]
     return cmd + list(options)
+
+
+class BrightSegmenter(torch.nn.Module):
+    """A stand-in U-Net with a known answer: tumor logits where the input is brighter than 0.6 (no weights)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.mean(1, keepdim=True) - 0.6) * 40
+
+
+class BrightDetector(torch.nn.Module):
+    """A stand-in detector: a tumor when more than 3% of the slice is brighter than 0.6."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.mean(1) > 0.6).float().mean((1, 2)) - 0.03)[:, None] * 400
 
 
 def subprocess_env(threads: int = 1) -> dict[str, str]:

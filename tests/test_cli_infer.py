@@ -29,7 +29,7 @@ def test_kaggle_dataset_gives_a_row_and_a_mask_per_slice_and_ignores_mask_files(
     images = sorted(p for p in lgg_subset.glob("*/*.tif") if not p.name.endswith("_mask.tif"))
     table = rows(out)
     assert sorted(r["path"] for r in table) == sorted(p.relative_to(lgg_subset).as_posix() for p in images)
-    assert set(table[0]) == {"path", "tumor_probability", "tumor", "tumor_area_px"}
+    assert set(table[0]) == {"path", "tumor_probability", "tumor_score", "tumor", "tumor_area_px"}
     for r in table[:5]:
         mask = np.asarray(Image.open(out / "masks" / r["path"].replace(".tif", ".png")))
         assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
@@ -145,7 +145,7 @@ def test_every_predictor_setting_with_a_flag_is_an_option_of_infer_and_evaluate(
     from bt_monai.apps.cli.options import settings_changes
     from bt_monai.inferers import PredictorSettings
 
-    examples = {"on": True, "0.3": 0.3, "7": 7, "flair": "flair", "cpu": "cpu"}
+    examples = {"on": True, "0.3": 0.3, "7": 7, "flair": "flair", "cpu": "cpu", "combined": "combined"}
     for command in ("infer", "evaluate"):
         flagged = {
             name: spec
@@ -156,7 +156,8 @@ def test_every_predictor_setting_with_a_flag_is_an_option_of_infer_and_evaluate(
         argv = [command, "IN", "-o", "OUT"]
         expected = {}
         for name, spec in flagged.items():
-            text = "on" if spec.choice else {"input_mode": "flair", "device": "cpu"}.get(name, "0.3")
+            named = {"input_mode": "flair", "device": "cpu", "slice_score": "combined"}
+            text = "on" if spec.choice else named.get(name, "0.3")
             text = "7" if name in ("min_component_px", "decode_workers") else text
             argv += [spec.flag, text]
             expected[name] = examples[text]

@@ -20,6 +20,7 @@ import pydicom
 import pytest
 import tifffile
 import torch
+from conftest import BrightDetector, BrightSegmenter
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileDataset, FileMetaDataset
@@ -56,16 +57,6 @@ SPACING, THICKNESS = (0.9375, 0.9375), 5.0
 
 
 # --- a tiny deterministic model: "tumor" = bright FLAIR (real-looking, cheap, not trivial) --------------------
-
-
-class BrightSegmenter(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.mean(1, keepdim=True) - 0.6) * 40
-
-
-class BrightDetector(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x.mean(1) > 0.6).float().mean((1, 2)) - 0.03)[:, None] * 400
 
 
 @pytest.fixture(scope="module")

@@ -145,11 +145,16 @@ def test_every_setting_changes_the_fingerprint_or_is_declared_not_to():
         "segment_gate": 0.1,
         "fold_batch_norm": True,
         "channels_last": False,
+        "slice_score": "combined",
+        "score_half_area_px": 25.0,
     }
+    combined = TumorPredictor(*_constant_networks(), amp=False, device="cpu", slice_score="combined").fingerprint()
     for name, spec in PredictorSettings.specs():
         if spec.fingerprint:
-            other = TumorPredictor(*_constant_networks(), amp=False, device="cpu", **{name: changed[name]})
-            assert other.fingerprint() != base, name
+            # the area of the combined score decides outputs only with the combined score
+            reference, extra = (combined, {"slice_score": "combined"}) if name == "score_half_area_px" else (base, {})
+            other = TumorPredictor(*_constant_networks(), amp=False, device="cpu", **{**extra, name: changed[name]})
+            assert other.fingerprint() != reference, name
     assert set(changed) == {name for name, spec in PredictorSettings.specs() if spec.fingerprint}
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pydicom
 import pytest
 import tifffile
-import torch
+from conftest import BrightDetector, BrightSegmenter
 from pydicom.uid import generate_uid
 
 from bt_monai.__main__ import main
@@ -267,16 +267,6 @@ def test_localizer_frames_are_skipped_and_the_main_stack_is_reformatted(study):
 
 
 # --- resuming: outputs made in the acquisition plane are not reused ---------------------------------------------
-
-
-class BrightSegmenter(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.mean(1, keepdim=True) - 0.6) * 40
-
-
-class BrightDetector(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x.mean(1) > 0.6).float().mean((1, 2)) - 0.03)[:, None] * 400
 
 
 def test_a_series_predicted_in_its_acquisition_plane_is_redone_when_it_is_now_reformatted(study, tmp_path):

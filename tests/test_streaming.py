@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -16,7 +17,7 @@ import torch
 from conftest import SUBSET, subprocess_env
 from PIL import Image
 
-from bt_monai.bundle import copy_bundle, load_bundle_network, locate_bundle
+from bt_monai.bundle import copy_bundle, load_bundle_network, locate_bundle, torchscript_cache_file
 from bt_monai.data.pixels import read_slice_pixels
 from bt_monai.data.readers import SliceLoader
 from bt_monai.inferers import TumorPredictor
@@ -120,14 +121,63 @@ def test_the_segmentation_bundles_inference_workflow_gives_the_predictors_masks_
         np.testing.assert_array_equal(written > 0, mask.astype(bool), err_msg=stem)
 
 
-def test_the_shipped_torchscript_exports_hold_the_shipped_network_definitions():
-    for name in ("segmentation", "detection"):
-        network, _ = load_bundle_network(None, name=name)
-        assert isinstance(network, torch.jit.ScriptModule), f"{name}: models/model.ts was not used"
+@pytest.fixture(scope="module")
+def unexported(tmp_path_factory) -> dict[str, Path]:
+    """Copies of both bundles without a ``models/model.ts`` (as a fresh clone has them), by name."""
+    folder = tmp_path_factory.mktemp("bundles")
+    roots = {name: copy_bundle(locate_bundle(None, name), folder / name) for name in ("segmentation", "detection")}
+    for root in roots.values():
+        (root / "models" / "model.ts").unlink(missing_ok=True)  # a checkout may hold a ckpt_export
+    return roots
 
 
-def test_the_scripted_and_the_eager_networks_give_the_same_predictions_on_real_slices(real_slices):
-    scripted = TumorPredictor.from_bundles(fold_batch_norm=False)
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """An empty ``BT_MONAI_CACHE_DIR`` of this test's own."""
+    monkeypatch.setenv("BT_MONAI_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+# The tests write and read TorchScript files themselves, as MONAI's ckpt_export does.
+JIT_FILES_DEPRECATED = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.(load|save)` is deprecated")
+
+
+def exported_network_def(path: Path):
+    """The ``network_def`` a TorchScript file stores (MONAI's ``ckpt_export`` way: the extra file inference.json)."""
+    extra = {"inference.json": ""}
+    torch.jit.load(str(path), _extra_files=extra)
+    return json.loads(extra["inference.json"])["network_def"]
+
+
+@JIT_FILES_DEPRECATED
+def test_the_first_use_scripts_the_network_into_the_cache_and_the_next_loads_it_without_monai(
+    unexported, cache, monkeypatch
+):
+    from monai.bundle import ConfigParser
+
+    root = unexported["detection"]
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    path = torchscript_cache_file(config["network_def"])
+    assert path.parent == cache / "torchscript"
+    network, _ = load_bundle_network(root, name="detection")
+    assert isinstance(network, torch.jit.ScriptModule)
+    assert exported_network_def(path) == config["network_def"]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+    written = path.stat().st_mtime_ns
+
+    def no_monai(*args, **kwargs):
+        raise AssertionError("MONAI built the network although the cache holds its export")
+
+    monkeypatch.setattr(ConfigParser, "get_parsed_content", no_monai)
+    again, _ = load_bundle_network(root, name="detection")
+    assert isinstance(again, torch.jit.ScriptModule) and path.stat().st_mtime_ns == written
+    for key, value in again.state_dict().items():
+        torch.testing.assert_close(value, network.state_dict()[key], rtol=0, atol=0)
+
+
+def test_the_scripted_and_the_eager_networks_give_the_same_predictions_on_real_slices(real_slices, unexported):
+    scripted = TumorPredictor.from_bundles(unexported["segmentation"], unexported["detection"], fold_batch_norm=False)
+    assert isinstance(scripted.segmenter, torch.jit.ScriptModule)
     eager_seg, _ = load_bundle_network(None, name="segmentation", scripted=False)
     eager_cls, _ = load_bundle_network(None, name="detection", scripted=False)
     assert not isinstance(eager_seg, torch.jit.ScriptModule)
@@ -137,32 +187,73 @@ def test_the_scripted_and_the_eager_networks_give_the_same_predictions_on_real_s
         np.testing.assert_array_equal(a.mask, b.mask)
 
 
-def test_the_weights_come_from_model_pt_even_when_the_export_holds_others(tmp_path):
+def test_an_unwritable_cache_warns_once_naming_the_folder_and_runs_the_eager_networks(
+    real_slices, unexported, tmp_path, monkeypatch
+):
+    bundles = (unexported["segmentation"], unexported["detection"])
+    scripted = TumorPredictor.from_bundles(*bundles, fold_batch_norm=False)  # the session's cache
+    (tmp_path / "not_a_folder").write_text("")
+    monkeypatch.setenv("BT_MONAI_CACHE_DIR", str(tmp_path / "not_a_folder"))  # a file: no folder can be made in it
+    with pytest.warns(RuntimeWarning) as warned:
+        eager = TumorPredictor.from_bundles(*bundles, fold_batch_norm=False)
+    messages = [str(w.message) for w in warned if "TorchScript" in str(w.message)]
+    assert len(messages) == 1, messages  # once, for both networks
+    assert str(tmp_path / "not_a_folder" / "torchscript") in messages[0] and "BT_MONAI_CACHE_DIR" in messages[0]
+    assert not isinstance(eager.segmenter, torch.jit.ScriptModule)
+    assert not isinstance(eager.detector, torch.jit.ScriptModule)
+    for a, b in zip(scripted.predict_paths(real_slices), eager.predict_paths(real_slices), strict=True):
+        assert a.tumor_probability == b.tumor_probability
+        np.testing.assert_array_equal(a.mask, b.mask)
+
+
+@JIT_FILES_DEPRECATED
+@pytest.mark.parametrize("export", ["bundle", "cache"])
+def test_the_weights_come_from_model_pt_even_when_the_export_holds_others(export, cache, tmp_path):
+    """A ``ckpt_export`` model.ts in the bundle (used first) or a cached export, holding other weights."""
     root = copy_bundle(locate_bundle(None, "detection"), tmp_path / "detection")
+    (root / "models" / "model.ts").unlink(missing_ok=True)
+    config = json.loads((root / "configs" / "inference.json").read_text())
     eager, _ = load_bundle_network(root, name="detection", scripted=False)
+    expected = {key: value.clone() for key, value in eager.state_dict().items()}
     torch.manual_seed(0)
-    retrained = {k: v + torch.randn_like(v) if v.is_floating_point() else v for k, v in eager.state_dict().items()}
-    torch.save(retrained, root / "models" / "model.pt")  # a new training run: model.ts still holds the old weights
+    stale = torch.jit.script(copy.deepcopy(eager))
+    with torch.no_grad():
+        for value in stale.parameters():
+            value.add_(torch.randn_like(value))  # an old training run's weights
+    path = root / "models" / "model.ts" if export == "bundle" else torchscript_cache_file(config["network_def"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(stale, str(path), _extra_files={"inference.json": json.dumps(config)})
     network, _ = load_bundle_network(root, name="detection")
     assert isinstance(network, torch.jit.ScriptModule)
+    assert not (cache / "torchscript").exists() or export == "cache"  # the bundle's model.ts was used first
     for key, value in network.state_dict().items():
-        torch.testing.assert_close(value, retrained[key], rtol=0, atol=0)
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
 
 
-def test_an_export_of_another_network_definition_is_not_used(tmp_path):
+@JIT_FILES_DEPRECATED
+def test_an_export_of_another_network_definition_or_a_broken_one_is_not_used(cache, tmp_path):
     root = copy_bundle(locate_bundle(None, "detection"), tmp_path / "detection")
+    (root / "models" / "model.ts").unlink(missing_ok=True)
     config = json.loads((root / "configs" / "inference.json").read_text())
-    config["network_def"]["dropout"] = 0.3  # the definition changed after the export
+    load_bundle_network(root, name="detection")
+    old = torchscript_cache_file(config["network_def"])
+    (root / "models" / "model.ts").write_bytes(old.read_bytes())  # as ckpt_export of this definition writes it
+    config["network_def"]["dropout"] = 0.3  # the definition changed after the exports
     (root / "configs" / "inference.json").write_text(json.dumps(config))
-    network, _ = load_bundle_network(root, name="detection")
-    assert not isinstance(network, torch.jit.ScriptModule) and network.head[1].p == 0.3
+    new = torchscript_cache_file(config["network_def"])
+    assert new != old
+    # A file at the new definition's place that holds the old definition is never used, nor a truncated one.
+    for stored in (old.read_bytes(), old.read_bytes()[:5000]):
+        new.write_bytes(stored)
+        network, _ = load_bundle_network(root, name="detection")
+        assert isinstance(network, torch.jit.ScriptModule) and network.head[1].p == 0.3
+        assert exported_network_def(new) == config["network_def"]  # rebuilt in its place
 
 
-def test_a_bundle_without_an_export_builds_its_network_with_monai(tmp_path):
-    root = copy_bundle(locate_bundle(None, "segmentation"), tmp_path / "segmentation")
-    (root / "models" / "model.ts").unlink()
-    network, settings = load_bundle_network(root, name="segmentation", keys=("input_mode",))
+def test_without_scripted_the_network_is_built_with_monai_and_nothing_is_cached(cache):
+    network, settings = load_bundle_network(None, name="segmentation", scripted=False, keys=("input_mode",))
     assert not isinstance(network, torch.jit.ScriptModule) and settings["input_mode"] == "all"
+    assert not cache.exists()
 
 
 class CountingNetwork(torch.nn.Module):
@@ -232,11 +323,13 @@ def test_a_caller_that_stops_early_leaves_no_decoding_thread_behind(real_slices)
     assert not any(t.name == "bt_monai-arrays" for t in threading.enumerate())
 
 
-def test_inference_over_a_tiff_folder_never_imports_monai(real_slices, tmp_path):
+def test_inference_over_a_tiff_folder_with_a_warm_cache_never_imports_monai(real_slices, tmp_path):
     folder = tmp_path / "slices"
     folder.mkdir()
     for path in real_slices[:2]:
         shutil.copy(path, folder)
+    for name in ("segmentation", "detection"):  # the first start scripts the networks into the session's cache
+        load_bundle_network(None, name=name)
     code = (
         "import sys\nfrom bt_monai.__main__ import main\n"
         f"assert main(['infer', {str(folder)!r}, '--output', {str(tmp_path / 'out')!r}]) == 0\n"

@@ -107,6 +107,7 @@ def evaluate_dataset(
                 fn,
                 tn,
                 voxel_volume_mm3(record.image),
+                prediction.tumor_score,
             )
         )
     shares = gather_blocks([(slices, skipped)])  # rank order: the one-process order

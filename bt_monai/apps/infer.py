@@ -1,7 +1,8 @@
 """``python -m bt_monai infer``: both models over one slice, a folder of slices, or a kaggle_3m dataset.
 
 Outputs under OUT: ``predictions.csv`` (one row per readable slice: path relative to INPUT,
-tumor_probability, tumor, tumor_area_px), ``masks/<path without extension>.png`` (0/255, at the slice's own
+tumor_probability (the detector's), tumor_score (what the call ``tumor`` thresholds: the predictor's slice score),
+tumor, tumor_area_px), ``masks/<path without extension>.png`` (0/255, at the slice's own
 size) and ``skipped.csv`` (path, reason: the files that could not be read; header only when none). Every file is written
 atomically; nothing is written outside OUT, and no input file is ever overwritten (OUT may be INPUT).
 
@@ -59,7 +60,7 @@ except ImportError:  # Windows: no advisory locks
 
 __all__ = ["PREDICTION_COLUMNS", "PROGRESS_FILE", "InferenceSummary", "ProgressJournal", "infer_folder"]
 
-PREDICTION_COLUMNS = ("path", "tumor_probability", "tumor", "tumor_area_px")
+PREDICTION_COLUMNS = ("path", "tumor_probability", "tumor_score", "tumor", "tumor_area_px")
 PROGRESS_FILE = ".bt_monai_infer_progress.csv"
 _RANK_PROGRESS = ".bt_monai_infer_progress.rank{}.csv"  # rank r > 0 of a torchrun run: its own journal
 
@@ -228,8 +229,8 @@ def infer_folder(
                 relative = relatives[Path(prediction.path)]
                 if os.path.realpath(output / "masks" / names[relative]) in input_set:
                     raise RuntimeError(f"refusing to overwrite the input {output / 'masks' / names[relative]}")
-                probability, area = f"{prediction.tumor_probability:.6f}", str(prediction.tumor_area_px)
-                row = (relative, probability, str(prediction.tumor), area)
+                probability, score = f"{prediction.tumor_probability:.6f}", f"{prediction.tumor_score:.6f}"
+                row = (relative, probability, score, str(prediction.tumor), str(prediction.tumor_area_px))
                 pending.append(writer.submit(write, prediction, relative, row))
                 fresh[relative] = row
                 while len(pending) > 2 * batch_size:
@@ -244,7 +245,7 @@ def infer_folder(
         summary.skipped = skipped
         ordered = [rows[relatives[p]] for p in inputs if relatives[p] in rows]  # the inputs' order, as uninterrupted
         summary.slices = len(ordered)
-        summary.tumor_slices = sum(int(row[2]) for row in ordered)
+        summary.tumor_slices = sum(int(row[PREDICTION_COLUMNS.index("tumor")]) for row in ordered)
         if is_main_process():
             write_csv(output / "predictions.csv", PREDICTION_COLUMNS, ordered)
             write_skipped(output, summary.skipped)  # always: an earlier run's list never survives

@@ -12,6 +12,7 @@ _EXPORTS = {
     "autocast_dtype": "bt_monai.inferers.execution",
     "cpu_supports_bf16": "bt_monai.inferers.execution",
     "run_network": "bt_monai.inferers.execution",
+    "slice_tumor_score": "bt_monai.inferers.predictor",
 }
 
 __all__ = list(_EXPORTS)

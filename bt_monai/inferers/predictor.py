@@ -27,7 +27,7 @@ import torch
 
 from bt_monai.data.slices import SliceDecoder
 from bt_monai.inferers.execution import autocast_dtype, run_network
-from bt_monai.inferers.settings import ModelBundles, PredictorSettings, predictor_settings
+from bt_monai.inferers.settings import SLICE_SCORES, ModelBundles, PredictorSettings, predictor_settings
 from bt_monai.transforms.functional import (
     UPPER_PERCENTILE,
     prepare_slice,
@@ -38,7 +38,27 @@ from bt_monai.transforms.functional import (
 )
 from bt_monai.utils.threads import background, ordered_map
 
-__all__ = ["SlicePrediction", "SliceProbabilities", "TumorPredictor"]
+__all__ = ["SlicePrediction", "SliceProbabilities", "TumorPredictor", "slice_tumor_score"]
+
+
+def slice_tumor_score(
+    tumor_probability: float, mask_area_px: float, slice_score: str = "combined", half_area_px: float = 50.0
+) -> float:
+    """A slice's tumor score in [0, 1], the one definition the tumor call thresholds wherever both models run.
+
+    ``slice_score`` "detector": the detection network's ``tumor_probability`` itself. "combined": the equal
+    mix ``0.5 * tumor_probability + 0.5 * mask_area_px / (mask_area_px + half_area_px)``, where
+    ``mask_area_px`` is the U-Net's cleaned mask area in pixels of the network input (e.g. 224 x 224) and the
+    area term is 0.5 at ``half_area_px``. At the threshold 0.5 the combined call says tumor when the two
+    models' evidence adds up: a confident detector with a small mask, or a large mask with a doubtful detector.
+    """
+    if slice_score == "detector":
+        return float(tumor_probability)
+    if slice_score != "combined":
+        raise ValueError(f"slice_score must be one of {', '.join(SLICE_SCORES)}, got {slice_score!r}")
+    area = max(float(mask_area_px), 0.0)
+    return 0.5 * float(tumor_probability) + 0.5 * area / (area + float(half_area_px))
+
 
 _SETTING_NAMES = frozenset(name for name, _ in PredictorSettings.specs())
 
@@ -47,18 +67,26 @@ _SETTING_NAMES = frozenset(name for name, _ in PredictorSettings.specs())
 class SlicePrediction:
     """Both models' answer for one slice.
 
-    ``mask``: uint8 0/1 array ``(H, W)`` (rows, columns, as image files store them) at the slice's own size.
-    ``threshold``: the detection threshold ``tumor`` applies to ``tumor_probability``.
+    ``tumor_probability``: the detection network's own, in [0, 1]. ``tumor_score``: the slice score the call
+    ``tumor`` thresholds (:func:`slice_tumor_score`; the detector's probability unless the predictor's
+    ``slice_score`` is "combined"). ``mask``: uint8 0/1 array ``(H, W)`` (rows, columns, as image files store
+    them) at the slice's own size. ``threshold``: the detection threshold ``tumor`` applies to ``tumor_score``.
     """
 
     path: str
     tumor_probability: float
     mask: np.ndarray
     threshold: float = 0.5
+    tumor_score: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tumor_score is None:  # slice_score "detector": the score is the detector's probability
+            self.tumor_score = self.tumor_probability
 
     @property
     def tumor(self) -> int:
-        return int(self.tumor_probability >= self.threshold)
+        """The slice call: ``tumor_score >= threshold``."""
+        return int(self.tumor_score >= self.threshold)
 
     @property
     def tumor_area_px(self) -> int:
@@ -77,6 +105,7 @@ class SliceProbabilities:
     path: str
     tumor_probability: float
     probabilities: np.ndarray
+    tumor_score: float | None = None
 
 
 class TumorPredictor:
@@ -271,13 +300,26 @@ class TumorPredictor:
         return torch.sigmoid(self._run(self.detector, images)).reshape(-1).cpu()
 
     def to_mask(self, probability_map: torch.Tensor, original_size: tuple[int, int], tumor_probability: float):
-        """Resize a ``(1, W, H)`` probability map to the slice's ``(W, H)``, threshold, clean; return ``(H, W)``."""
-        mask = probability_to_mask(probability_map, original_size, self.threshold, self.min_component_px)
-        return self._finish_mask(mask, tumor_probability)
+        """Resize a ``(1, W, H)`` probability map to the slice's ``(W, H)``, threshold, clean; return ``(H, W)``.
 
-    def _finish_mask(self, mask: np.ndarray, tumor_probability: float) -> np.ndarray:
+        ``tumor_probability``: the detector's, for the mask gate (through :meth:`tumor_score` of this mask).
+        """
+        mask = probability_to_mask(probability_map, original_size, self.threshold, self.min_component_px)
+        return self._finish_mask(mask, self.tumor_score(tumor_probability, mask))
+
+    def tumor_score(self, tumor_probability: float, mask: np.ndarray) -> float:
+        """The slice score the tumor call thresholds, from the detector's probability and the slice's cleaned
+        U-Net mask (or probability map) at the slice's own size, before any gating: :func:`slice_tumor_score`
+        with this predictor's ``slice_score`` and ``score_half_area_px``."""
+        if self.slice_score == "detector":
+            return tumor_probability
+        area = int((mask >= self.threshold).sum()) if mask.dtype.kind == "f" else int(mask.sum())
+        input_area = area * float(np.prod(self.spatial_size)) / max(mask.size, 1)
+        return slice_tumor_score(tumor_probability, input_area, self.slice_score, self.score_half_area_px)
+
+    def _finish_mask(self, mask: np.ndarray, tumor_score: float) -> np.ndarray:
         # a (W, H) bool mask to (H, W) uint8, or a cleaned probability map to (H, W) float32; gated either way
-        if self.gate_masks and tumor_probability < self.detection_threshold:
+        if self.gate_masks and tumor_score < self.detection_threshold:
             mask[:] = 0
         return np.ascontiguousarray(mask.T.astype(np.float32 if mask.dtype.kind == "f" else np.uint8))
 
@@ -330,7 +372,7 @@ class TumorPredictor:
         """
         prepared = self._prepared_arrays(images, batch_size)
         for p in self._stream(prepared, batch_size, on_error, maps=True):
-            yield SliceProbabilities(p.path, p.tumor_probability, p.mask)
+            yield SliceProbabilities(p.path, p.tumor_probability, p.mask, p.tumor_score)
 
     def _prepared_arrays(self, images, batch_size: int):
         def read(image) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -392,9 +434,9 @@ class TumorPredictor:
     def _ready(self, queue_: deque[_Slice]) -> Iterator[SlicePrediction]:
         while queue_ and queue_[0].mask is not None:
             s = queue_.popleft()
-            yield SlicePrediction(
-                s.key, s.probability, self._finish_mask(s.mask, s.probability), self.detection_threshold
-            )
+            score = self.tumor_score(s.probability, s.mask)
+            mask = self._finish_mask(s.mask, score)
+            yield SlicePrediction(s.key, s.probability, mask, self.detection_threshold, score)
 
 
 @dataclass

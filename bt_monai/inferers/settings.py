@@ -25,6 +25,7 @@ from bt_monai.transforms.modes import DEFAULT_INPUT_MODE, INPUT_MODES
 __all__ = ["ModelBundles", "PredictorSettings", "Setting", "predictor_settings"]
 
 BUNDLE_NAMES = tuple(BUNDLE_FOLDERS)
+SLICE_SCORES = ("detector", "combined")  # what the slice tumor call thresholds (TumorPredictor.tumor_score)
 REFORMAT_SETTINGS = ("axial_tolerance_deg", "reformat_pixel_mm", "reformat_slice_mm", "reformat_min_slices")
 
 
@@ -95,6 +96,21 @@ def millimetres(text: str) -> float:
     return value
 
 
+def slice_score(text: str) -> str:
+    """A slice score name (:data:`SLICE_SCORES`), from a command-line value."""
+    if text not in SLICE_SCORES:
+        raise ValueError(f"one of {', '.join(SLICE_SCORES)} is expected, got {text!r}")
+    return text
+
+
+def area_px(text: str) -> float:
+    """A positive area in pixels, from a command-line value."""
+    value = float(text)
+    if not value > 0.0:
+        raise ValueError(f"a positive area in pixels is expected, got {text}")
+    return value
+
+
 def input_mode(text: str) -> str:
     """An input mode name (:data:`bt_monai.transforms.modes.INPUT_MODES`)."""
     if text not in INPUT_MODES:
@@ -134,11 +150,29 @@ class PredictorSettings:
         parse=probability,
         help="slice tumor probability threshold (default: the detection bundle's)",
     )
+    slice_score: str = _setting(
+        "detector",
+        bundle="detection",
+        flag="--slice-score",
+        parse=slice_score,
+        help="what the slice tumor call thresholds: detector (the detection model's probability) or combined (the "
+        "mean of that probability and the U-Net mask's area term, area / (area + score_half_area_px)); the "
+        "segment gate stays on the detector's probability (default: the detection bundle's)",
+    )
+    score_half_area_px: float = _setting(
+        50.0,
+        bundle="detection",
+        flag="--score-half-area",
+        parse=area_px,
+        help="combined slice score: the U-Net mask area, in pixels of the network input, at which the area term "
+        "is 0.5 (default: the detection bundle's)",
+    )
     gate_masks: bool = _setting(
         False,
         flag="--gate-masks",
         choice=True,
-        help="clear the mask of slices the detector calls tumor-free (default: the segmentation bundle's setting)",
+        help="clear the mask of slices called tumor-free (tumor score below the detection threshold) (default: the "
+        "segmentation bundle's setting)",
     )
     min_component_px: int = _setting(
         0,
@@ -230,6 +264,11 @@ class PredictorSettings:
         for name in ("threshold", "detection_threshold"):
             if not 0.0 < float(getattr(self, name)) < 1.0:
                 raise ValueError(f"{name} must be a probability between 0 and 1, got {getattr(self, name)!r}")
+        if self.slice_score not in SLICE_SCORES:
+            raise ValueError(f"slice_score must be one of {', '.join(SLICE_SCORES)}, got {self.slice_score!r}")
+        if not float(self.score_half_area_px) > 0.0:
+            raise ValueError(f"score_half_area_px must be a positive area in pixels, got {self.score_half_area_px}")
+        object.__setattr__(self, "score_half_area_px", float(self.score_half_area_px))
         if not 0.0 <= float(self.segment_gate) <= 1.0:
             raise ValueError(f"segment_gate is a tumor probability in [0, 1], got {self.segment_gate}")
         object.__setattr__(self, "segment_gate", float(self.segment_gate))
@@ -265,7 +304,10 @@ class PredictorSettings:
     def fingerprint_values(self) -> dict[str, Any]:
         """The settings that enter the predictor's fingerprint (device and autocast are added by the predictor)."""
         values = self.as_dict()
-        return {name: values[name] for name, spec in self.specs() if spec.fingerprint}
+        chosen = {name: values[name] for name, spec in self.specs() if spec.fingerprint}
+        if self.slice_score == "detector":  # the call before slice scores existed: its fingerprints stay the same
+            del chosen["slice_score"], chosen["score_half_area_px"]
+        return chosen
 
     def reformat_values(self) -> dict[str, Any]:
         """The settings that decide how a series in another plane is reformatted to axial (its reuse key has them)."""

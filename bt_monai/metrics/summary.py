@@ -31,7 +31,12 @@ HEADLINE_METRICS = {
 
 @dataclass
 class SliceResult:
-    """One evaluated slice: truth, both predictions, and the pixel counts (tp, fp, fn, tn) of its mask."""
+    """One evaluated slice: truth, both predictions, and the pixel counts (tp, fp, fn, tn) of its mask.
+
+    ``tumor_probability``: the detector's; ``tumor_score``: the slice score ``tumor_pred`` was called on (the
+    predictor's ``slice_score``; default: the detector's probability). Detection metrics rank and threshold
+    ``tumor_score``.
+    """
 
     patient_id: str
     slice_index: int
@@ -44,6 +49,11 @@ class SliceResult:
     fn: int
     tn: int
     voxel_mm3: float | None = None
+    tumor_score: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tumor_score is None:
+            self.tumor_score = self.tumor_probability
 
     @property
     def counts(self) -> torch.Tensor:
@@ -112,7 +122,7 @@ def worst_patients(slices: Sequence[SliceResult], per_patient: dict[str, dict], 
 
 
 def _detection(slices: Sequence[SliceResult], threshold: float) -> dict:
-    summary = detection_summary([s.tumor_probability for s in slices], [s.tumor_true for s in slices], threshold)
+    summary = detection_summary([s.tumor_score for s in slices], [s.tumor_true for s in slices], threshold)
     return {**summary, "n_slices": len(slices), "threshold": threshold}
 
 
@@ -123,7 +133,7 @@ def _bootstrap(slices: Sequence[SliceResult], threshold: float, n: int, seed: in
         return {}
     index = {pid: i for i, pid in enumerate(ids)}
     patient = np.array([index[s.patient_id] for s in slices])
-    probability = np.array([s.tumor_probability for s in slices])
+    probability = np.array([s.tumor_score for s in slices])
     label = np.array([s.tumor_true for s in slices])
     counts = torch.stack([s.counts for s in slices])
     slice_dice = dice_from_counts(counts).numpy()

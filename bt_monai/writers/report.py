@@ -71,7 +71,7 @@ def _roc(output: Path, slices, detection: dict) -> None:
     if detection.get("roc_auc") is None:
         ax.text(0.5, 0.5, f"ROC undefined:\n{detection.get('roc_auc_undefined_reason')}", ha="center", wrap=True)
     else:
-        fpr, tpr, _ = roc_curve(labels, [s.tumor_probability for s in slices])
+        fpr, tpr, _ = roc_curve(labels, [s.tumor_score for s in slices])
         ax.plot(fpr, tpr, lw=2, label=f"AUC = {detection['roc_auc']:.3f}")
         ax.legend(loc="lower right")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
@@ -192,6 +192,7 @@ def write_html(output: Path, metrics: dict, per_patient: dict) -> None:
         if (output / name).is_file()
     )
     evaluated = json.dumps(metrics.get("evaluated", {}), indent=2)
+    slice_score = html.escape(str(metrics.get("evaluated", {}).get("settings", {}).get("slice_score", "detector")))
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>bt_monai evaluation report</title>
 <style>
@@ -204,7 +205,8 @@ img {{ max-width: 640px; }}
 pre {{ background: #f7f7f7; padding: 1em; }}
 </style></head><body>
 <h1>bt_monai evaluation report</h1>
-<p>Detection is per slice at threshold {_fmt(metrics["evaluated"].get("threshold"))}. Dice per patient pools all
+<p>Detection is per slice: the {slice_score}
+slice score at threshold {_fmt(metrics["evaluated"].get("threshold"))}. Dice per patient pools all
 slices of a patient into one volume; Dice over tumor slices averages slices whose ground truth has tumor.
 Intervals: 95%, bootstrap over patients. Research use only, not for diagnosis.</p>
 <h2>Metrics</h2>
@@ -253,14 +255,22 @@ def write_report(
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     slice_columns = [
-        "patient_id", "slice_index", "path", "tumor_true", "tumor_probability", "tumor_pred",
+        "patient_id", "slice_index", "path", "tumor_true", "tumor_probability", "tumor_score", "tumor_pred",
         *SEGMENTATION_METRICS, "true_area_px", "pred_area_px",
     ]  # fmt: skip
     rows = []
     for s in slices:
         scores = segmentation_scores(s.counts)  # dice, iou, pixel_accuracy: the metrics' own definitions
         rows.append(
-            [s.patient_id, s.slice_index, s.path, s.tumor_true, f"{s.tumor_probability:.6f}", s.tumor_pred]
+            [
+                s.patient_id,
+                s.slice_index,
+                s.path,
+                s.tumor_true,
+                f"{s.tumor_probability:.6f}",
+                f"{s.tumor_score:.6f}",
+                s.tumor_pred,
+            ]
             + [f"{scores[name]:.6f}" for name in SEGMENTATION_METRICS]
             + [s.tp + s.fn, s.tp + s.fp]
         )

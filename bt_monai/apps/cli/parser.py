@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="detect and segment tumor on one slice, a folder of slices or a kaggle_3m dataset",
         description="Run both models on INPUT (one image; a folder of TIFF/PNG/JPEG/DICOM/NIfTI slices, any "
         "nesting; or a kaggle_3m dataset, whose mask files are not inputs). Writes OUT/predictions.csv (path, "
-        "tumor_probability, tumor, tumor_area_px), OUT/masks/<path>.png (0/255, at each slice's size) and "
+        "tumor_probability, tumor_score, tumor, tumor_area_px), OUT/masks/<path>.png (0/255, at each slice's size) and "
         "OUT/skipped.csv for unreadable files. A DICOM folder (any nesting and file names, DICOMDIR allowed) is "
         "read series by series instead: per series OUT/<series>/seg.dcm (DICOM SEG), mask.nii.gz and overlays/*.png; "
         "OUT/predictions.csv with DICOM UIDs, OUT/summary.json (per series, tumor volume in mm3), OUT/skipped.csv. "

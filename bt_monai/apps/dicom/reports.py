@@ -36,6 +36,7 @@ __all__ = [
 DICOM_PREDICTION_COLUMNS = (
     "path",
     "tumor_probability",
+    "tumor_score",
     "tumor",
     "tumor_area_px",
     "SeriesInstanceUID",

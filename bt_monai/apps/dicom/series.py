@@ -5,8 +5,9 @@ The path a series takes is decided first (:func:`series_plan`, the rule of :mod:
 an axial series (within ``axial_tolerance_deg``) is predicted slice by slice as acquired; a sagittal, coronal
 or oblique one is resampled to axial slices, predicted there, and its probabilities mapped back onto its own
 images and thresholded there, so every output stays in the source series' geometry and references its
-instances. A reformatted image's ``tumor_probability`` is the highest tumor probability of its pixels (those
-mapped back), and ``tumor`` says whether its mask has a pixel.
+instances. A reformatted image's ``tumor_probability`` (and ``tumor_score``) is the highest tumor probability of its
+pixels (those mapped back), and ``tumor`` says whether its mask has a pixel: such an image has no detector
+probability of its own.
 
 The tumor measurements are computed here, once (:func:`series_summary`): ``summary.json`` and the SR report
 these values. Moving the folder into place, and reusing an earlier run's, is :mod:`.run`'s and :mod:`.resume`'s.
@@ -98,6 +99,7 @@ def _prediction_row(job: SeriesJob, frame: DicomFrame, prediction, index: int, o
     return {
         "path": relative_path(frame.path, job.root),
         "tumor_probability": f"{prediction.tumor_probability:.6f}",
+        "tumor_score": f"{prediction.tumor_score:.6f}",
         "tumor": prediction.tumor,
         "tumor_area_px": prediction.tumor_area_px,
         "SeriesInstanceUID": job.series.uid,
@@ -217,6 +219,7 @@ def series_summary(predicted: DicomSeries, masks: list[np.ndarray], rows: list[d
         "tumor_slices": sum(int(r["tumor"]) for r in rows),
         "segmented_slices": sum(1 for a in areas_px if a),  # slices with tumor pixels
         "max_tumor_probability": round(max(float(r["tumor_probability"]) for r in rows), 6),
+        "max_tumor_score": round(max(float(r["tumor_score"]) for r in rows), 6),
         "tumor_area_px": tumor_px,
         "tumor_volume_mm3": None if volume is None else round(volume, 3),
         "largest_tumor_area_mm2": None if largest is None else round(largest, 3),
