@@ -28,7 +28,7 @@ from PIL import Image
 from test_bundles import BUNDLES, SPLIT, copy_bundle, run, workflow
 
 from bt_monai.apps.curves import read_scalars
-from bt_monai.apps.infer import PROGRESS_FILE, ProgressJournal, infer_folder
+from bt_monai.apps.infer import PREDICTION_COLUMNS, PROGRESS_FILE, ProgressJournal, infer_folder
 from bt_monai.bundle import load_weights
 from bt_monai.inferers import TumorPredictor
 from bt_monai.networks import MobileNetV2Classifier, MobileNetV2UNet
@@ -256,7 +256,7 @@ def test_inference_run_again_after_a_kill_predicts_only_the_unfinished_slices(ki
     assert summary in killed_and_rerun["stdout"]
     masks, identities = killed_and_rerun["out"] / "masks", killed_and_rerun["after_kill"]["identities"]
     for row in recorded:  # their masks were not written again
-        mask = row[4]
+        mask = row[len(PREDICTION_COLUMNS)]  # the journal row: the CSV columns, then the mask
         assert file_identity(masks / mask) == identities[mask]
 
 
