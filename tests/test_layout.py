@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import bt_monai
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +64,13 @@ def test_the_layer_test_catches_an_upward_import(tmp_path):
     assert LAYERS[_layer("bt_monai.apps.infer")] > LAYERS["data"]
 
 
-def test_importing_the_package_or_asking_the_cli_for_help_loads_neither_torch_nor_monai():
+@pytest.mark.parametrize("command", ["infer", "federated"])
+def test_importing_the_package_or_asking_the_cli_for_help_loads_neither_torch_nor_monai(command):
     code = (
         "import sys, bt_monai, bt_monai.__main__ as cli\n"
-        "try:\n    cli.build_parser().parse_args(['infer', '--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = sorted(m for m in ('torch', 'monai', 'pydicom', 'matplotlib', 'scipy', 'itk') if m in sys.modules)\n"
-        "print(heavy)"
+        f"try:\n    cli.build_parser().parse_args(['{command}', '--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = ('torch', 'monai', 'pydicom', 'matplotlib', 'scipy', 'itk', 'nvflare')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -91,10 +91,26 @@ def make_datalist(
     test_fraction: float = 0.15,
     seed: int = 0,
     records: Sequence[SliceRecord] | None = None,
+    split_file: str | os.PathLike | None = None,
 ) -> dict:
-    """Discover a kaggle_3m dataset and split it by patient into a datalist dict (see module docstring)."""
+    """Discover a kaggle_3m dataset and split it by patient into a datalist dict (see module docstring).
+
+    With ``split_file`` (a split record such as ``configs/lgg_split.json``, or a datalist) the patients go
+    where that file puts them instead of the seeded split; a patient it does not name is refused.
+    """
     records = list(records) if records is not None else discover_kaggle3m(dataset_dir)
-    split = split_patients(records, val_fraction, test_fraction, seed)
+    if split_file is None:
+        split = split_patients(records, val_fraction, test_fraction, seed)
+    else:
+        split = {s: sorted(_named_patients(split_file, s)) for s in SPLITS}
+        unnamed = sorted({r.patient_id for r in records} - {p for ps in split.values() for p in ps})
+        if unnamed:
+            raise DatasetError(
+                f"{split_file} does not name {len(unnamed)} patient(s) of {dataset_dir} (e.g. {unnamed[0]}): "
+                "give a split file that lists every patient, or leave --split out to split by seed"
+            )
+        present = {r.patient_id for r in records}
+        split = {s: [p for p in ps if p in present] for s, ps in split.items()}
     where = {p: s for s, ps in split.items() for p in ps}
     datalist: dict = {s: [] for s in SPLITS}
     for r in records:
@@ -102,6 +118,7 @@ def make_datalist(
     datalist["metadata"] = {
         "dataset_dir": str(Path(dataset_dir).expanduser().resolve()),
         "seed": seed,
+        "split_file": None if split_file is None else str(Path(split_file).expanduser().resolve()),
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "patients": {s: split[s] for s in SPLITS},
@@ -190,6 +207,16 @@ def load_or_make_datalist(
                         entry[key] = str(path.parent / entry[key])
         return _usable_entries(datalist, path)
     return make_datalist(path, val_fraction, test_fraction, seed)  # discovery already left out unusable slices
+
+
+def _named_patients(split_file: str | os.PathLike, split: str) -> list[str]:
+    """:func:`patients_in_split`, where an empty split is allowed."""
+    try:
+        return patients_in_split(split_file, split)
+    except DatasetError as e:
+        if "names no patient" in str(e):
+            return []
+        raise
 
 
 def patients_in_split(split_file: str | os.PathLike, split: str) -> list[str]:

@@ -12,13 +12,30 @@ import sys
 from bt_monai.apps.cli.exits import ExitStatus, UserError
 from bt_monai.apps.cli.options import predictor as predictor_of
 
-__all__ = ["bundle", "curves", "datalist", "evaluate", "infer", "label"]
+__all__ = ["bundle", "curves", "datalist", "evaluate", "federated", "infer", "label"]
 
 
 def datalist(args: argparse.Namespace) -> int:
-    from bt_monai.data import make_datalist, write_datalist
+    from pathlib import Path
 
-    datalist = make_datalist(args.dataset, args.val_fraction, args.test_fraction, args.seed)
+    from bt_monai.data import make_datalist, site_datalists, write_datalist, write_site_datalists
+
+    # --by-site: absolute paths, since a site's datalist is read wherever that site keeps it
+    dataset = Path(args.dataset).expanduser().resolve() if args.by_site else args.dataset
+    datalist = make_datalist(dataset, args.val_fraction, args.test_fraction, args.seed, split_file=args.split)
+    if args.by_site:
+        sites = site_datalists(datalist, args.min_site_patients)
+        paths = write_site_datalists(sites, args.output)
+        print(f"{'site':<12}{'institutions':<14}{'training':>18}{'validation':>18}")
+        for site, site_list in sites.items():
+            c = site_list["metadata"]["counts"]
+            shown = {s: f"{c[s]['patients']} pat {c[s]['slices']} sl" for s in ("training", "validation")}
+            institutions = ",".join(site_list["metadata"]["institutions"])
+            print(f"{site:<12}{institutions:<14}{shown['training']:>18}{shown['validation']:>18}")
+        test = datalist["metadata"]["counts"]["test"]
+        print(f"test patients held out of every site: {test['patients']} ({test['slices']} slices)")
+        print(f"wrote {len(paths)} site datalists to {args.output}")
+        return ExitStatus.DONE
     path = write_datalist(datalist, args.output)
     for split, c in datalist["metadata"]["counts"].items():
         print(f"{split:<11} {c['patients']:>4} patients {c['slices']:>6} slices {c['tumor_slices']:>6} with tumor")
@@ -250,6 +267,58 @@ def bundle(args: argparse.Namespace) -> int:
     print(f"  cd {copied} && python -m monai.bundle run training --meta_file configs/metadata.json \\")
     print("      --config_file configs/train.json --logging_file configs/logging.conf --dataset_dir /path/to/kaggle_3m")
     return ExitStatus.DONE
+
+
+def federated(args: argparse.Namespace) -> int:
+    try:
+        import nvflare  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"bt-monai federated needs NVIDIA FLARE ({e}): pip install 'bt_monai[federated]'") from None
+    from bt_monai.apps.federated.client import parse_overrides
+    from bt_monai.apps.federated.job import FederatedSettings
+    from bt_monai.apps.federated.simulate import FederatedRunStopped, check_site_datalists, simulate
+
+    sites = check_site_datalists(args.sites)
+    site_overrides: dict[str, dict] = {}
+    for entry in args.site_override:
+        site, sep, pair = entry.partition(":")
+        if not sep or site not in sites:
+            raise UserError(f"--site-override {entry!r}: write SITE:KEY=VALUE with SITE one of {', '.join(sites)}")
+        site_overrides.setdefault(site, {}).update(parse_overrides([pair], "--site-override"))
+    for flag, value, least in (("--rounds", args.rounds, 1), ("--local-epochs", args.local_epochs, 1)):
+        if value < least:
+            raise UserError(f"{flag} must be at least {least}, got {value}")
+    settings = FederatedSettings(
+        sites=sites,
+        rounds=args.rounds,
+        local_epochs=args.local_epochs,
+        send=args.send,
+        privacy=args.privacy,
+        percentile=args.percentile,
+        gamma=args.gamma,
+        on_site_failure=args.on_site_failure,
+        cross_site_evaluation=not args.no_cross_site,
+        threads=args.threads,
+        bundle=args.bundle,
+        overrides=parse_overrides(args.bundle_override, "--bundle-override"),
+        site_overrides=site_overrides,
+        init_weights=args.init_weights,
+    )
+    print(
+        f"federated simulation: {len(sites)} sites ({', '.join(sites)}), {args.rounds} rounds x {args.local_epochs} "
+        f"local epochs; logs in the output folder when done"
+    )
+    try:
+        run = simulate(settings, args.output)
+    except FederatedRunStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return ExitStatus.INCOMPLETE
+    print(run.table())
+    for line in run.failures:
+        print(f"warning: {line}; the run went on without it (--on-site-failure continue)", file=sys.stderr)
+    print(f"global model: {run.folder / 'model.pt'}")
+    print(f"NVFlare job folder (submit it to a POC or provisioned deployment): {run.folder / 'job' / settings.name}")
+    return ExitStatus.INCOMPLETE if run.failures else ExitStatus.DONE
 
 
 def label(args: argparse.Namespace) -> int:

@@ -23,10 +23,32 @@ def build_parser() -> argparse.ArgumentParser:
         "<patient>_<n>_mask.tif) by patient, stratified by tumor burden, into training/validation/test.",
     )
     p.add_argument("dataset", help="the dataset folder (holds one folder per patient)")
-    p.add_argument("--output", "-o", required=True, help="the JSON datalist to write")
+    p.add_argument(
+        "--output", "-o", required=True, help="the JSON datalist to write (--by-site: the folder of site datalists)"
+    )
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of patients for validation (0.15)")
     p.add_argument("--test-fraction", type=float, default=0.15, help="share of patients for testing (0.15)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (0)")
+    p.add_argument(
+        "--split",
+        metavar="FILE",
+        help="put the patients where FILE puts them (a split record such as configs/lgg_split.json, or a datalist) "
+        "instead of splitting by seed",
+    )
+    sites = p.add_argument_group("federated sites")
+    sites.add_argument(
+        "--by-site",
+        action="store_true",
+        help="write OUTPUT/<site>.json, one datalist per contributing institution (TCGA_<site>_<case>) with its "
+        "training and validation patients; the test patients stay outside every site",
+    )
+    sites.add_argument(
+        "--min-site-patients",
+        type=int,
+        default=10,
+        metavar="N",
+        help="sites with fewer than N training patients are pooled into one site named by their codes (10)",
+    )
     p.set_defaults(func=command.datalist)
 
     p = commands.add_parser(
@@ -134,6 +156,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="segmentation or detection (or a bundle folder name)")
     p.add_argument("destination", nargs="?", help="copy: the folder to create (must not exist, or be empty)")
     p.set_defaults(func=command.bundle)
+
+    p = commands.add_parser(
+        "federated",
+        help="federated training with NVIDIA FLARE: each site trains the segmentation bundle on its own data",
+        description="Federated training of the segmentation bundle with NVIDIA FLARE (pip install "
+        "'bt_monai[federated]'). simulate: run the job in NVFlare's simulator on this machine, one process per site, "
+        "FedAvg on the server. Each site reads only its own datalist and sends weights (or their differences) and "
+        "its validation Dice, never images, file names or per-slice outputs. The job folder written to "
+        "OUTPUT/job is the one a POC or provisioned NVFlare deployment takes.",
+    )
+    p.add_argument("action", choices=("simulate",))
+    p.add_argument(
+        "--sites", nargs="+", required=True, metavar="DATALIST", help="one datalist per site (its stem names the site)"
+    )
+    p.add_argument("--rounds", type=int, default=5, help="FedAvg rounds (5)")
+    p.add_argument("--local-epochs", type=int, default=1, help="epochs each site trains per round (1)")
+    p.add_argument("--output", "-o", required=True, help="folder to create for the run (must not exist, or be empty)")
+    p.add_argument(
+        "--send",
+        choices=("weights", "diff"),
+        default="weights",
+        help="what a site sends each round: its weights, or their difference to the global model (weights)",
+    )
+    p.add_argument(
+        "--privacy",
+        choices=("none", "percentile"),
+        default="none",
+        help="client output filter: percentile = NVFlare's PercentilePrivacy on the weight differences (only the "
+        "largest changes leave the site, clipped to --gamma; implies --send diff) (none)",
+    )
+    p.add_argument("--percentile", type=float, default=10.0, help="PercentilePrivacy: changes below it stay (10)")
+    p.add_argument("--gamma", type=float, default=0.01, help="PercentilePrivacy: the largest change sent (0.01)")
+    p.add_argument(
+        "--on-site-failure",
+        choices=("stop", "continue"),
+        default="stop",
+        help="a site that fails: stop the run, or go on with the sites left (stop)",
+    )
+    p.add_argument("--no-cross-site", action="store_true", help="skip the cross-site evaluation after the last round")
+    p.add_argument("--init-weights", metavar="FILE", help="state dict the global model starts from (default: fresh)")
+    p.add_argument("--bundle", help="the segmentation bundle folder the sites run (default: the installed one)")
+    p.add_argument(
+        "--bundle-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a train.json setting for every site, e.g. tumor_fraction=0.5 (VALUE as JSON); repeatable",
+    )
+    p.add_argument(
+        "--site-override",
+        action="append",
+        default=[],
+        metavar="SITE:KEY=VALUE",
+        help="a train.json setting for one site, e.g. HT:batch_size=8; repeatable",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads per site (0: the cores shared out)")
+    p.set_defaults(func=command.federated)
 
     p = commands.add_parser(
         "label",
