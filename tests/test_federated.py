@@ -165,6 +165,9 @@ def test_the_job_folder_is_printed_and_holds_the_server_and_each_site(federated_
     assert sorted(p.name for p in job.iterdir() if p.is_dir()) == ["app_DU", "app_HT", "app_server"]
     server = json.loads((job / "app_server" / "config" / "config_fed_server.json").read_text())
     assert "bt_monai.apps.federated.controller.FederatedSegmentationController" in json.dumps(server)
+    # the client script by its package path (found in the site's custom/ folder), not this machine's path
+    client = (job / "app_DU" / "config" / "config_fed_client.json").read_text()
+    assert '"bt_monai/apps/federated/client.py"' in client and str(REPO) not in client
 
 
 def _pixel_chunks(datalist: Path) -> list[bytes]:
@@ -178,7 +181,7 @@ def _pixel_chunks(datalist: Path) -> list[bytes]:
 
 def test_no_image_path_patient_or_pixel_of_a_site_reaches_the_server(federated_run, small_sites):
     output, _ = federated_run
-    server = output / "workspace" / "bt_monai_segmentation_fedavg" / "server"
+    server = output / "workspace" / "server"
     files = [p for p in server.rglob("*") if p.is_file()]
     assert any(p.name == "log.txt" for p in files)  # the server's logged messages are among them
     secrets: list[bytes] = []

@@ -152,3 +152,31 @@ def test_the_sdist_carries_both_bundles_with_their_weights(tmp_path):
     for bundle in ("brain_tumor_segmentation", "brain_tumor_classification"):
         for name in ("models/model.pt", "configs/inference.json", "docs/README.md", "LICENSE"):
             assert f"bundle/{bundle}/{name}" in names
+
+
+def test_federated_simulate_from_the_wheel_runs_its_installed_client_script(wheel_python, lgg_root, tmp_path):
+    """Two sites of real slices (one CS patient each: 6 training, 3 validation slices), one round."""
+    import json
+
+    package = installed_package(wheel_python, tmp_path)
+    sites = []
+    for name, patient in (("A", SUBSET[0]), ("B", SUBSET[1])):
+        images = sorted((lgg_root / patient).glob(f"{patient}_1[0-8].tif"))
+        entries = [
+            {"image": str(i), "label": str(i.with_name(i.stem + "_mask.tif")), "patient_id": patient, "tumor": 1}
+            for i in images
+        ]
+        sites.append(tmp_path / f"{name}.json")
+        sites[-1].write_text(json.dumps({"training": entries[:6], "validation": entries[6:]}))
+    bt_monai = wheel_python.parent / "bt-monai"
+    output = tmp_path / "federated"
+    cmd = ["federated", "simulate", "--sites", *map(str, sites), "--rounds", "1", "--no-cross-site"]
+    done = run(bt_monai, *cmd, "--output", str(output), cwd=tmp_path)
+    assert f"global model: {output / 'model.pt'}" in done.stdout
+    import torch
+
+    assert torch.load(output / "model.pt", weights_only=True)
+    app = output / "job" / "bt_monai_segmentation_fedavg" / "app_A"
+    assert '"bt_monai/apps/federated/client.py"' in (app / "config" / "config_fed_client.json").read_text()
+    installed = package / "apps" / "federated" / "client.py"
+    assert (app / "custom" / "bt_monai" / "apps" / "federated" / "client.py").read_bytes() == installed.read_bytes()

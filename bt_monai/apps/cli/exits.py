@@ -24,7 +24,8 @@ class ExitStatus(IntEnum):
 EXIT_STATUSES = {
     ExitStatus.DONE: "done: every input was processed (unreadable files are listed in skipped.csv)",
     ExitStatus.INCOMPLETE: "the run finished, but its result is incomplete: no readable slice or series was found, "
-    "or a DICOM study, series or store failed (the messages and summary.json say which)",
+    "or a DICOM study, series or store failed, or a federated site failed (the messages and summary.json say "
+    "which)",
     ExitStatus.REFUSED: "refused or stopped with nothing more done: an option, a setting, a bundle, a weights "
     "file, a dataset or input that cannot be used, an output that would overwrite something of yours, or an "
     "operating-system error (disk full, permission); the message names the file or setting and what to do",

@@ -31,10 +31,12 @@ from pathlib import Path
 
 from bt_monai.apps.federated.job import FederatedSettings
 
-__all__ = ["FederatedError", "FederatedRun", "FederatedRunStopped", "check_site_datalists", "simulate"]
+__all__ = ["FederatedError", "FederatedRun", "FederatedRunStopped", "check_site_datalists", "export_job", "simulate"]
 
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 RECORD = Path("server") / "simulate_job" / "bt_monai" / "record.json"
+CLIENT_SCRIPT = "bt_monai/apps/federated/client.py"
+"""The client script as the job names it: found in each site's ``custom/`` folder, where NVFlare copies it."""
 
 
 class FederatedError(ValueError):
@@ -178,17 +180,18 @@ def simulate(settings: FederatedSettings, output: str | os.PathLike) -> Federate
         shutil.rmtree(staging)  # an earlier failed run's logs: ours, and superseded by this run
     staging.mkdir(parents=True)
     (staging / "settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    job = export_job(settings, staging / "job")
     started = time.monotonic()
     with (staging / "simulator.log").open("w") as log:
-        # Its own process: the simulator prints a great deal, and its server thread and workers outlive errors.
-        code = subprocess.call(
-            [sys.executable, "-m", "bt_monai.apps.federated.simulate", str(staging)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"},
-        )
+        # NVFlare's simulator on the exported folder itself: what ran is what a deployment is given. Its own
+        # process: it prints a great deal, and its server and site processes outlive errors.
+        command = [sys.executable, "-m", "nvflare.private.fed.app.simulator.simulator", str(job)]
+        command += ["-w", str(staging / "workspace"), "-c", ",".join(sorted(settings.sites))]
+        command += ["-t", str(len(settings.sites))]
+        environment = os.environ | {"PYTHONUNBUFFERED": "1"}
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
     seconds = time.monotonic() - started
-    workspace = staging / "workspace" / settings.name
+    workspace = staging / "workspace"
     record_path = workspace / RECORD
     if not record_path.is_file():
         raise FederatedRunStopped(
@@ -221,25 +224,19 @@ def simulate(settings: FederatedSettings, output: str | os.PathLike) -> Federate
     return run
 
 
-def _run_job(staging: Path) -> int:
-    """The simulator process: export the job folder, then run it in ``SimEnv``."""
-    from nvflare.recipe.sim_env import SimEnv
+def export_job(settings: FederatedSettings, folder: Path) -> Path:
+    """Write the NVFlare job folder of ``settings`` into ``folder``; returns the job's own folder in it.
 
-    from bt_monai.apps.federated.job import federated_recipe
+    NVFlare's ``ScriptRunner`` records the client script by the absolute path it had here and copies it into
+    each site's ``custom/`` folder; the path is rewritten to the package-relative one, found in ``custom/``,
+    so that the folder runs on machines where bt_monai is installed elsewhere.
+    """
+    from bt_monai.apps.federated.job import client_script, federated_recipe
 
-    settings = FederatedSettings(**json.loads((staging / "settings.json").read_text()))
-    federated_recipe(settings).export(job_dir=str(staging / "job"))
-    recipe = federated_recipe(settings)
-    env = SimEnv(
-        clients=sorted(settings.sites), num_threads=len(settings.sites), workspace_root=str(staging / "workspace")
-    )
-    try:
-        recipe.run(env)
-    except RuntimeError as e:  # the simulator's non-zero status: the record says why
-        print(e, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_run_job(Path(sys.argv[1])))
+    federated_recipe(settings).export(job_dir=str(folder))
+    job = folder / settings.name
+    installed = str(client_script())
+    for config in sorted(job.glob("app_*/config/config_fed_client.json")):
+        text = config.read_text()
+        config.write_text(text.replace(json.dumps(installed), json.dumps(CLIENT_SCRIPT)))
+    return job
