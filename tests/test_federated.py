@@ -108,11 +108,11 @@ def test_a_patient_id_without_an_institution_is_refused():
         site_datalists({"training": [{"patient_id": "P001", "tumor": 0}], "validation": []})
 
 
-def test_site_datalists_never_replace_a_file(lgg_root, tmp_path):
-    (tmp_path / "DU.json").write_text("mine")
-    done = bt_monai("datalist", str(lgg_root), "--split", str(SPLIT), "--by-site", "--output", str(tmp_path))
-    assert done.returncode == 2 and "DU.json already exists" in done.stderr
-    assert (tmp_path / "DU.json").read_text() == "mine" and not (tmp_path / "HT.json").exists()
+def test_site_datalists_never_replace_a_file(lgg_subset, tmp_path):
+    (tmp_path / "CS.json").write_text("mine")  # the subset's three patients are all from CS
+    done = bt_monai("datalist", str(lgg_subset), "--by-site", "--output", str(tmp_path))
+    assert done.returncode == 2 and f"{tmp_path / 'CS.json'} already exists" in done.stderr
+    assert (tmp_path / "CS.json").read_text() == "mine" and sorted(tmp_path.iterdir()) == [tmp_path / "CS.json"]
 
 
 # -- a federated run ----------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 :func:`federated_recipe` builds NVFlare's PyTorch ``FedAvgRecipe`` with our server workflow
 (:class:`~bt_monai.apps.federated.controller.FederatedSegmentationController`) and, at every site, NVFlare's
-``ScriptRunner`` on :mod:`bt_monai.apps.federated.client` (package data: the installed file). The same recipe
-runs in the simulator (``SimEnv``) or exports the job folder a POC or provisioned deployment takes.
+``ScriptRunner`` on :mod:`bt_monai.apps.federated.client` (package data: the installed file). It exports the
+job folder that a POC or provisioned deployment takes; ``bt-monai federated simulate`` runs NVFlare's simulator
+on that folder (what ``recipe.execute(SimEnv(...))`` does with a temporary export), so the folder a user
+submits is the one that ran.
 
 The script runs inside each site's NVFlare client process (``launch_external_process=False``): the simulator
 already gives every site its own process, and a second Python per site would import torch and MONAI twice
@@ -130,6 +132,7 @@ def federated_recipe(settings: FederatedSettings):
         model=network_config(bundle_root),
         initial_ckpt=str(Path(settings.init_weights).resolve()) if settings.init_weights else None,
         min_clients=len(sites),
+        key_metric="val_patient_dice",
         num_rounds=settings.rounds,
         train_script=str(client_script()),
         launch_external_process=False,
