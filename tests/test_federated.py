@@ -115,6 +115,18 @@ def test_site_datalists_never_replace_a_file(lgg_subset, tmp_path):
     assert (tmp_path / "CS.json").read_text() == "mine" and sorted(tmp_path.iterdir()) == [tmp_path / "CS.json"]
 
 
+def test_fedavg_weighs_each_site_by_its_training_steps_and_keeps_dtypes():
+    import numpy as np
+
+    from bt_monai.apps.federated.controller import weighted_mean
+
+    a = {"w": np.array([[0.0, 2.0]], dtype=np.float32), "n": np.array(10, dtype=np.int64)}
+    b = {"w": np.array([[4.0, 6.0]], dtype=np.float32), "n": np.array(30, dtype=np.int64)}
+    mean = weighted_mean([a, b], [30.0, 10.0])
+    np.testing.assert_allclose(mean["w"], [[1.0, 3.0]])
+    assert mean["w"].dtype == np.float32 and mean["n"].dtype == np.int64 and int(mean["n"]) == 15
+
+
 # -- a federated run ----------------------------------------------------------------------------------------------
 def test_the_global_model_loads_weights_only_and_changes_between_rounds(federated_run):
     output, _ = federated_run
