@@ -232,26 +232,25 @@ def test_a_missing_or_empty_site_datalist_is_refused_before_anything_runs(proble
         "federated", "simulate", "--sites", str(small_sites["DU"]), str(bad), "--output", str(tmp_path / "run")
     )
     assert done.returncode == 2
-    expected = "not found" if problem == "missing" else "has no training slice"
+    expected = "datalist file not found" if problem == "missing" else "needs a non-empty 'training' list"
     assert done.stderr.strip().splitlines() == [done.stderr.strip().splitlines()[-1]]
     assert done.stderr.startswith("error: site FG: ") and expected in done.stderr and str(bad) in done.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / ".run.incomplete").exists()
 
 
+def record_keys(output: Path) -> set[str]:
+    return set(torch.load(output / "rounds" / "round_1.pt", weights_only=True))
+
+
+def simulate_with_ht_failing(small_sites: dict[str, Path], output: Path, *options: str):
+    """2 rounds in which HT fails: batch_size 0 fails when HT builds its trainer, after it received round 0's model."""
+    sites = [str(p) for p in small_sites.values()]
+    cmd = ["federated", "simulate", "--sites", *sites, "--rounds", "2", "--site-override", "HT:batch_size=0"]
+    return bt_monai(*cmd, *options, "--output", str(output))
+
+
 def test_a_site_failing_mid_round_stops_the_run_and_names_the_site(small_sites, tmp_path):
-    # batch_size 0 fails when HT builds its trainer, after it received round 0's model
-    done = bt_monai(
-        "federated",
-        "simulate",
-        "--sites",
-        *map(str, small_sites.values()),
-        "--rounds",
-        "2",
-        "--site-override",
-        "HT:batch_size=0",
-        "--output",
-        str(tmp_path / "run"),
-    )
+    done = simulate_with_ht_failing(small_sites, tmp_path / "run")
     assert done.returncode == 1, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: site HT failed in round 0: site HT: ValueError: batch_size should be a positive")
@@ -262,29 +261,14 @@ def test_a_site_failing_mid_round_stops_the_run_and_names_the_site(small_sites, 
 def test_a_site_failing_mid_round_is_dropped_when_told_to_continue(small_sites, tmp_path):
     # also the weight-difference path: --privacy percentile sends filtered differences
     output = tmp_path / "run"
-    done = bt_monai(
-        "federated",
-        "simulate",
-        "--sites",
-        *map(str, small_sites.values()),
-        "--rounds",
-        "2",
-        "--site-override",
-        "HT:batch_size=0",
-        "--on-site-failure",
-        "continue",
-        "--privacy",
-        "percentile",
-        "--no-cross-site",
-        "--output",
-        str(output),
-    )
+    options = ("--on-site-failure", "continue", "--privacy", "percentile", "--no-cross-site")
+    done = simulate_with_ht_failing(small_sites, output, *options)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "warning: site HT failed in round 0: site HT: ValueError: batch_size" in done.stderr
     record = json.loads((output / "summary.json").read_text())["record"]
     assert [sorted(r["sites"]) for r in record["rounds"]] == [["DU"], ["DU"]]
     assert {m["params_type"] for r in record["rounds"] for m in r["sites"].values()} == {"ParamsType.DIFF"}
-    assert torch.load(output / "model.pt", weights_only=True)
+    assert torch.load(output / "model.pt", weights_only=True).keys() == record_keys(output)
     # PercentilePrivacy(percentile=10) zeroes the smallest tenth of DU's changes before they leave the site
     before, after = (torch.load(output / "rounds" / f"round_{r}.pt", weights_only=True) for r in (0, 1))
     changes = torch.cat([(after[k] - before[k]).flatten() for k in after if after[k].is_floating_point()])

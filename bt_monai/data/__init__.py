@@ -25,6 +25,7 @@ _EXPORTS = {
     "mask_has_tumor": "bt_monai.data.discovery",
     "mask_path_for": "bt_monai.data.discovery",
     "patients_in_split": "bt_monai.data.datalist",
+    "read_datalist": "bt_monai.data.datalist",
     "site_datalists": "bt_monai.data.sites",
     "slice_format": "bt_monai.data.readers",
     "split_patients": "bt_monai.data.datalist",

@@ -22,6 +22,7 @@ from bt_monai.utils import atomic_write_bytes, error_summary
 __all__ = [
     "check_split_sizes",
     "patients_in_split",
+    "read_datalist",
     "SPLITS",
     "datalist_entry",
     "load_or_make_datalist",
@@ -171,6 +172,20 @@ def _usable_entries(datalist: dict, source: Path) -> dict:
     return datalist
 
 
+def read_datalist(path: str | os.PathLike) -> dict:
+    """A JSON datalist file as it is; refuses (naming the file) a missing, unreadable or training-less one."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"datalist file not found: {path}")
+    try:
+        datalist = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(datalist, dict) or not datalist.get("training"):
+        raise DatasetError(f"{path}: a datalist needs a non-empty 'training' list (and 'validation')")
+    return datalist
+
+
 def load_or_make_datalist(
     dataset: str | os.PathLike,
     demo_dir: str | os.PathLike | None = None,
@@ -192,14 +207,7 @@ def load_or_make_datalist(
 
         make_synthetic_kaggle3m(path)
     if path.suffix.lower() == ".json":
-        if not path.is_file():
-            raise DatasetError(f"datalist file not found: {path}")
-        try:
-            datalist = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path} is not valid JSON: {e}") from e
-        if not isinstance(datalist, dict) or not datalist.get("training"):
-            raise DatasetError(f"{path}: a datalist needs a non-empty 'training' list (and 'validation')")
+        datalist = read_datalist(path)
         for split in SPLITS:
             for entry in datalist.get(split, []):
                 for key in ("image", "label"):

@@ -44,18 +44,6 @@ class SiteError(ValueError):
     """A site cannot take part: the message names the site, the file and what to do."""
 
 
-def _site_datalist(path: Path, site: str) -> dict:
-    if not path.is_file():
-        raise SiteError(f"site {site}: datalist {path} not found: write it with bt-monai datalist --by-site")
-    try:
-        datalist = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SiteError(f"site {site}: {path} is not valid JSON ({e})") from e
-    if not isinstance(datalist, dict) or not datalist.get("training"):
-        raise SiteError(f"site {site}: {path} has no training slice: give the site a datalist with patients")
-    return datalist
-
-
 class SiteTraining:
     """The bundle's trainer and evaluator at one site, kept across rounds (optimizer state and schedule too).
 
@@ -172,13 +160,17 @@ def main(argv: list[str] | None = None) -> None:
     from nvflare.app_common.abstract.fl_model import ParamsType
 
     from bt_monai.bundle import locate_bundle
+    from bt_monai.data import DatasetError, read_datalist
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     flare.init()
     site = flare.get_site_name()
     datalist = Path(args.datalist).expanduser()
-    _site_datalist(datalist, site)
+    try:
+        read_datalist(datalist)  # before the first round: the bundle would find this only once it is built
+    except DatasetError as e:
+        raise SiteError(f"site {site}: {e}") from e
     workdir = Path(args.workdir or "bt_monai_site").expanduser().resolve()
     bundle_root = locate_bundle(args.bundle, name="segmentation")
     training: SiteTraining | None = None

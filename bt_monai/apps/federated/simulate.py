@@ -49,6 +49,7 @@ class FederatedRunStopped(RuntimeError):
 
 def check_site_datalists(paths: list[str | os.PathLike]) -> dict[str, str]:
     """Site name (the file's stem) -> absolute datalist path; refuses missing, unreadable or empty ones."""
+    from bt_monai.data import DatasetError, read_datalist
     from bt_monai.data.sites import SITE_SPLITS
 
     if not paths:
@@ -57,8 +58,6 @@ def check_site_datalists(paths: list[str | os.PathLike]) -> dict[str, str]:
     for raw in paths:
         path = Path(raw).expanduser()
         site = path.stem
-        if not path.is_file():
-            raise FederatedError(f"site {site}: datalist {path} not found (write it with bt-monai datalist --by-site)")
         if not _SITE_NAME.match(site):
             raise FederatedError(
                 f"site {site!r} ({path}): a site name (the file's stem) takes letters, digits, - and _"
@@ -66,11 +65,9 @@ def check_site_datalists(paths: list[str | os.PathLike]) -> dict[str, str]:
         if site in sites:
             raise FederatedError(f"site {site}: two datalists have that name ({sites[site]} and {path}): rename one")
         try:
-            datalist = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise FederatedError(f"site {site}: {path} is not a JSON datalist ({e})") from e
-        if not isinstance(datalist, dict) or not datalist.get("training"):
-            raise FederatedError(f"site {site}: {path} has no training slice: a site needs training patients")
+            datalist = read_datalist(path)
+        except DatasetError as e:
+            raise FederatedError(f"site {site}: {e}") from e
         unknown = [k for k in datalist if k not in (*SITE_SPLITS, "test", "metadata")]
         if unknown:
             raise FederatedError(f"site {site}: {path} has a key {unknown[0]!r}; a datalist has training/validation")
